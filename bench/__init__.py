@@ -1,0 +1,1 @@
+"""Benchmarks, the vLLM simulator and workload generators."""

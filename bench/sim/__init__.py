@@ -1,0 +1,1 @@
+"""A vLLM 0.32-compatible simulated model server."""

@@ -1,0 +1,1 @@
+"""Kubernetes-shaped configuration: InferencePool, InferenceModel, EndpointPickerConfig."""

@@ -1,0 +1,173 @@
+"""The pool's endpoints, their latest scraped metrics and the requests epp has in flight to each.
+
+One `Datastore` is created per process and passed to whoever needs it (scraper, scheduler, servers).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A model-server pod: a stable name and where to reach it."""
+
+    name: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        """`host:port`, the value of `x-gateway-destination-endpoint`."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.address}"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSnapshot:
+    """What one scrape of a vLLM pod's /metrics told us, in the units a scheduler wants."""
+
+    waiting: int
+    running: int
+    kv_cache_usage: float  # fraction 0..1
+    running_loras: frozenset[str] = frozenset()
+    waiting_loras: frozenset[str] = frozenset()
+    max_lora: int | None = None
+    block_size: int | None = None  # tokens per KV block
+    num_gpu_blocks: int | None = None
+    process_start_time: float | None = None  # changes when the pod restarts
+    prefix_cache_queries: float | None = None  # counter; a drop also means a restart
+    scraped_at: float = 0.0  # time.monotonic() of the scrape
+
+    @property
+    def kv_capacity_tokens(self) -> int | None:
+        if self.block_size and self.num_gpu_blocks:
+            return self.block_size * self.num_gpu_blocks
+        return None
+
+    def age(self, now: float | None = None) -> float:
+        return (time.monotonic() if now is None else now) - self.scraped_at
+
+
+class EndpointEvent(Enum):
+    ADDED = "added"
+    REMOVED = "removed"
+    RESTARTED = "restarted"
+
+
+EndpointListener = Callable[[EndpointEvent, Endpoint], None]
+
+
+@dataclass(slots=True)
+class EndpointState:
+    """Mutable per-endpoint state owned by the datastore."""
+
+    endpoint: Endpoint
+    metrics: MetricsSnapshot | None = None
+    in_flight: int = 0
+    last_error: str | None = None
+    consecutive_failures: int = 0
+    listeners: list[EndpointListener] = field(default_factory=list, repr=False)
+
+
+class Datastore:
+    """Endpoints of one pool. Not thread-safe: used from one asyncio loop."""
+
+    def __init__(self, staleness_s: float = 1.0) -> None:
+        self.staleness_s = staleness_s
+        self._states: dict[str, EndpointState] = {}
+        self._listeners: list[EndpointListener] = []
+
+    # -- membership -------------------------------------------------------
+    def subscribe(self, listener: EndpointListener) -> None:
+        """Call `listener` when an endpoint is added, removed or restarts."""
+        self._listeners.append(listener)
+
+    def _emit(self, event: EndpointEvent, endpoint: Endpoint) -> None:
+        for listener in self._listeners:
+            listener(event, endpoint)
+
+    def set_endpoints(self, endpoints: Iterable[Endpoint]) -> None:
+        """Replace the membership; state of endpoints that stay is kept."""
+        wanted = {e.name: e for e in endpoints}
+        for name in list(self._states):
+            old = self._states[name].endpoint
+            if name not in wanted or wanted[name] != old:
+                del self._states[name]
+                self._emit(EndpointEvent.REMOVED, old)
+        for name, endpoint in wanted.items():
+            if name not in self._states:
+                self._states[name] = EndpointState(endpoint)
+                self._emit(EndpointEvent.ADDED, endpoint)
+
+    def endpoints(self) -> list[Endpoint]:
+        return [s.endpoint for s in self._states.values()]
+
+    def get(self, name: str) -> EndpointState | None:
+        return self._states.get(name)
+
+    def states(self) -> list[EndpointState]:
+        return list(self._states.values())
+
+    # -- scraping ---------------------------------------------------------
+    def update_metrics(self, name: str, snapshot: MetricsSnapshot) -> None:
+        """Record a successful scrape; detects restarts from the start time or a counter reset."""
+        state = self._states.get(name)
+        if state is None:
+            return
+        prev = state.metrics
+        if prev is not None and _restarted(prev, snapshot):
+            self._emit(EndpointEvent.RESTARTED, state.endpoint)
+        state.metrics = snapshot
+        state.last_error = None
+        state.consecutive_failures = 0
+
+    def record_scrape_failure(self, name: str, error: str) -> None:
+        state = self._states.get(name)
+        if state is None:
+            return
+        state.last_error = error
+        state.consecutive_failures += 1
+
+    def is_schedulable(self, state: EndpointState, now: float | None = None) -> bool:
+        """Fresh metrics and the last scrape succeeded."""
+        if state.metrics is None or state.last_error is not None:
+            return False
+        return state.metrics.age(now) <= self.staleness_s
+
+    def schedulable(self, now: float | None = None) -> list[EndpointState]:
+        now = time.monotonic() if now is None else now
+        return [s for s in self._states.values() if self.is_schedulable(s, now)]
+
+    # -- in-flight accounting ----------------------------------------------
+    def acquire(self, name: str) -> None:
+        """A request was sent to `name`."""
+        state = self._states.get(name)
+        if state is not None:
+            state.in_flight += 1
+
+    def release(self, name: str) -> None:
+        """A request to `name` finished (in any way)."""
+        state = self._states.get(name)
+        if state is not None and state.in_flight > 0:
+            state.in_flight -= 1
+
+
+def _restarted(prev: MetricsSnapshot, cur: MetricsSnapshot) -> bool:
+    if (
+        prev.process_start_time is not None
+        and cur.process_start_time is not None
+        and cur.process_start_time != prev.process_start_time
+    ):
+        return True
+    return (
+        prev.prefix_cache_queries is not None
+        and cur.prefix_cache_queries is not None
+        and cur.prefix_cache_queries < prev.prefix_cache_queries
+    )

@@ -1,0 +1,1 @@
+"""Scheduling framework: filters, weighted scorers and a picker, grouped into profiles."""

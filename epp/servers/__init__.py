@@ -1,0 +1,1 @@
+"""epp servers: Envoy ext_proc (gRPC) and HTTP."""

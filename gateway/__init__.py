@@ -1,0 +1,1 @@
+"""epp's OpenAI-compatible routing front end."""

@@ -1,0 +1,1 @@
+"""Scrapes vLLM /metrics into typed snapshots."""
