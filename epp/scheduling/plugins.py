@@ -59,6 +59,9 @@ class PluginDeps:
 
     datastore: Datastore
     rng: random.Random = field(default_factory=random.Random)
+    # Plugins built before this one, by instance name, so a plugin can use another (a filter reading the
+    # prefix scorer's match ratios, say) instead of redoing its work.
+    plugins: dict[str, object] = field(default_factory=dict)
 
 
 PluginFactory = Callable[[str, Mapping[str, Any], PluginDeps], object]
