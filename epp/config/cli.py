@@ -1,0 +1,54 @@
+"""`epp check-config FILE...`: load config files as `epp serve` would and summarize them (names only)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from epp.config.errors import ConfigError
+from epp.config.loader import load_config
+from epp.config.result import EppConfig
+from epp.config.routing_strategy import RoutingStrategy
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "check-config",
+        help="validate config files",
+        description="Load YAML config files (${NAME} from the environment) and print what epp would use.",
+    )
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="multi-document YAML file")
+    p.add_argument("--strategy", choices=[s.value for s in RoutingStrategy], default=None)
+    p.set_defaults(func=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.files, dict(os.environ), strategy=args.strategy)
+    except ConfigError as exc:
+        print(f"epp check-config: {exc}", file=sys.stderr)
+        return 2
+    print(summarize(config))
+    return 0
+
+
+def summarize(config: EppConfig) -> str:
+    """Human-readable summary; never shows document bodies (they may hold expanded API keys)."""
+    lines = [f"strategy: {config.strategy_name}"]
+    for pool in config.pools.values():
+        lines.append(
+            f"InferencePool {pool.name}: port {pool.spec.target_port_number}, "
+            f"selector {pool.spec.selector}, routing {pool.routing_strategy.value}"
+        )
+    for name in config.models:
+        spec = config.models.lookup(name)
+        assert spec is not None
+        targets = ", ".join(f"{t} ({w})" for t, w in spec.target_weights()) or name
+        lines.append(f"InferenceModel {name}: {spec.criticality.value}, targets {targets}")
+    lines += [f"endpoint {e.name}: {e.address}" for e in config.static_endpoints]
+    lines += [
+        f"{d.kind} {d.name or '(unnamed)'} ({d.source} document {d.index})" for d in config.other_documents
+    ]
+    return config.redactor.redact("\n".join(lines))

@@ -1,0 +1,1 @@
+"""Built-in strategies: EndpointPickerConfig documents loaded by `epp.config.builtin_strategy`."""

@@ -1,0 +1,214 @@
+"""Envoy ext_proc gRPC server (`envoy.service.ext_proc.v3.ExternalProcessor`): picks the upstream endpoint.
+
+One gRPC stream carries one HTTP request. epp answers every message Envoy sends (so any processing mode
+works); it routes once, on the request body's last chunk (BUFFERED mode sends one; STREAMED chunks are
+accumulated and each non-final chunk is answered with CONTINUE) or on request headers with end_of_stream
+(a bodyless request such as GET /v1/models). Routing sets header `x-gateway-destination-endpoint` and the same
+value in dynamic metadata `envoy.lb`, as GIE does. Pick errors become an ImmediateResponse with an
+OpenAI-style JSON body.
+
+The picked endpoint is counted in flight from the pick until the response ends (response headers or body
+with end_of_stream, or response trailers) or the gRPC stream ends or is cancelled, whichever comes first.
+Request trailers are answered with CONTINUE and do not trigger routing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from google.protobuf.internal import api_implementation  # type: ignore[import-untyped]
+
+from epp.datastore import Datastore
+from epp.picking import PickService, error_reply
+from epp.request import RequestError
+from epp.scheduling.types import SchedulingError
+from epp.servers import extproc_messages as msg
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+class SlowProtobufError(RuntimeError):
+    """protobuf is running its pure-Python implementation, far too slow for the ext_proc hot path."""
+
+
+def require_fast_protobuf() -> str:
+    """Return the protobuf implementation name; raise SlowProtobufError if it is pure Python."""
+    impl: str = api_implementation.Type()
+    if impl == "python":
+        raise SlowProtobufError(
+            "protobuf uses its pure-Python implementation (PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python?); "
+            "the ext_proc server needs the upb C implementation: unset that variable or reinstall protobuf"
+        )
+    return impl
+
+
+class _Stream:
+    """What one ext_proc stream (one HTTP request) has seen so far."""
+
+    __slots__ = ("chunks", "datastore", "endpoint", "headers", "path", "routed", "size")
+
+    def __init__(self, datastore: Datastore) -> None:
+        self.datastore = datastore
+        self.headers: dict[str, str] = {}
+        self.path = ""
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.routed = False  # a routing or error answer was sent; later request messages just continue
+        self.endpoint: str | None = None  # acquired endpoint name, until released
+
+    def release(self) -> None:
+        if self.endpoint is not None:
+            name, self.endpoint = self.endpoint, None
+            self.datastore.release(name)
+
+
+class ExtProcServicer:
+    """Implements the ExternalProcessor `Process` bidirectional stream."""
+
+    def __init__(
+        self, service: PickService, datastore: Datastore, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    ) -> None:
+        self._service = service
+        self._datastore = datastore
+        self._max_body_bytes = max_body_bytes
+
+    async def Process(
+        self,
+        request_iterator: AsyncIterator[pb.ProcessingRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        """One HTTP request's messages from Envoy; answers each in order."""
+        stream = _Stream(self._datastore)
+        # Cancellation normally reaches the finally below; the done callback also covers a handler task that
+        # ends without running it.
+        context.add_done_callback(lambda _ctx: stream.release())
+        try:
+            async for request in request_iterator:
+                response = self._handle(stream, request)
+                if response is not None:
+                    await context.write(response)
+        finally:
+            stream.release()
+
+    def _handle(self, stream: _Stream, request: pb.ProcessingRequest) -> pb.ProcessingResponse | None:
+        kind = request.WhichOneof("request")
+        if kind == "request_headers":
+            return self._on_request_headers(stream, request.request_headers)
+        if kind == "request_body":
+            return self._on_request_body(stream, request.request_body)
+        if kind == "response_headers":
+            if request.response_headers.end_of_stream:
+                stream.release()
+            return msg.continue_response_headers()
+        if kind == "response_body":
+            body = request.response_body
+            if body.end_of_stream or body.end_of_stream_without_message:
+                stream.release()
+            return msg.continue_response_body()
+        if kind == "request_trailers":
+            return msg.continue_request_trailers()
+        if kind == "response_trailers":
+            stream.release()
+            return msg.continue_response_trailers()
+        return None
+
+    def _on_request_headers(self, stream: _Stream, http_headers: pb.HttpHeaders) -> pb.ProcessingResponse:
+        headers = stream.headers
+        for hv in http_headers.headers.headers:
+            headers[hv.key.lower()] = hv.raw_value.decode("utf-8", "replace") if hv.raw_value else hv.value
+        stream.path = headers.get(":path", "")
+        if http_headers.end_of_stream and not stream.routed:
+            return self._route(stream, b"", on_headers=True)
+        return msg.continue_request_headers()
+
+    def _on_request_body(self, stream: _Stream, body: pb.HttpBody) -> pb.ProcessingResponse:
+        if stream.routed:
+            return msg.continue_request_body()
+        chunk = body.body
+        if chunk:
+            stream.chunks.append(chunk)
+            stream.size += len(chunk)
+        if stream.size > self._max_body_bytes:
+            stream.routed = True
+            stream.chunks.clear()
+            return _error(
+                RequestError(
+                    413, f"Request body exceeds {self._max_body_bytes} bytes.", code="body_too_large"
+                )
+            )
+        if not (body.end_of_stream or body.end_of_stream_without_message):
+            return msg.continue_request_body()
+        data = stream.chunks[0] if len(stream.chunks) == 1 else b"".join(stream.chunks)
+        stream.chunks.clear()
+        return self._route(stream, data, on_headers=False)
+
+    def _route(self, stream: _Stream, body: bytes, on_headers: bool) -> pb.ProcessingResponse:
+        stream.routed = True
+        try:
+            outcome = self._service.pick(body, stream.headers, stream.path)
+        except (RequestError, SchedulingError) as exc:
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("pick refused request_id=%s: %r", stream.headers.get("x-request-id"), exc)
+            return _error(exc)
+        except Exception as exc:
+            logger.exception("pick failed unexpectedly for request_id=%s", stream.headers.get("x-request-id"))
+            return _error(exc)
+        endpoint = outcome.result.endpoint
+        self._datastore.acquire(endpoint.name)
+        stream.endpoint = endpoint.name
+        if on_headers:
+            return msg.route_on_headers(endpoint.address)
+        return msg.route_on_body(endpoint.address, outcome.rewritten_body)
+
+
+def _error(exc: Exception) -> pb.ProcessingResponse:
+    reply = error_reply(exc)
+    return msg.immediate(reply.status, reply.body, f"epp_{reply.status}")
+
+
+class ExtProcServer:
+    """The ext_proc gRPC server on `host:port` (port 0 picks a free port)."""
+
+    def __init__(
+        self,
+        service: PickService,
+        datastore: Datastore,
+        host: str = "127.0.0.1",
+        port: int = 9002,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._servicer = ExtProcServicer(service, datastore, max_body_bytes)
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        """Start serving; returns the bound port. Raises SlowProtobufError without a C protobuf backend."""
+        impl = require_fast_protobuf()
+        server = grpc.aio.server()
+        pb_grpc.add_ExternalProcessorServicer_to_server(self._servicer, server)
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        bound: int = server.add_insecure_port(f"{host}:{self.port}")
+        if bound == 0:
+            raise OSError(f"ext_proc server could not bind {self.host}:{self.port}")
+        await server.start()
+        self._server = server
+        self.port = bound
+        logger.info("ext_proc server listening on %s:%d (protobuf %s)", self.host, bound, impl)
+        return bound
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()

@@ -1,0 +1,93 @@
+"""Builders for the ext_proc ProcessingResponse messages epp sends to Envoy."""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2  # type: ignore[import-untyped]
+
+DESTINATION_HEADER = "x-gateway-destination-endpoint"
+DESTINATION_METADATA_NAMESPACE = "envoy.lb"
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def _set_header(name: str, value: str) -> base_pb2.HeaderValueOption:
+    # Envoy 1.40 reads raw_value only; overwrite so a client cannot pre-set the destination header itself.
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=name, raw_value=value.encode()), append_action=_OVERWRITE
+    )
+
+
+def _destination_metadata(address: str) -> struct_pb2.Struct:
+    metadata = struct_pb2.Struct()
+    metadata.fields[DESTINATION_METADATA_NAMESPACE].struct_value.fields[
+        DESTINATION_HEADER
+    ].string_value = address
+    return metadata
+
+
+def _routing_common(address: str, new_body: bytes | None) -> pb.CommonResponse:
+    headers = [_set_header(DESTINATION_HEADER, address)]
+    body_mutation = None
+    if new_body is not None:
+        headers.append(_set_header("content-length", str(len(new_body))))
+        body_mutation = pb.BodyMutation(body=new_body)
+    return pb.CommonResponse(
+        header_mutation=pb.HeaderMutation(set_headers=headers),
+        body_mutation=body_mutation,
+        clear_route_cache=True,
+    )
+
+
+def route_on_headers(address: str) -> pb.ProcessingResponse:
+    """Answer to request headers of a bodyless request: route to `address`."""
+    return pb.ProcessingResponse(
+        request_headers=pb.HeadersResponse(response=_routing_common(address, None)),
+        dynamic_metadata=_destination_metadata(address),
+    )
+
+
+def route_on_body(address: str, new_body: bytes | None) -> pb.ProcessingResponse:
+    """Answer to the (last chunk of the) request body: route to `address`, replacing the body if rewritten."""
+    return pb.ProcessingResponse(
+        request_body=pb.BodyResponse(response=_routing_common(address, new_body)),
+        dynamic_metadata=_destination_metadata(address),
+    )
+
+
+def immediate(status: int, body: bytes, details: str) -> pb.ProcessingResponse:
+    """Answer the client directly (an error) with a JSON body; Envoy does not contact any upstream."""
+    return pb.ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=status),
+            headers=pb.HeaderMutation(set_headers=[_set_header("content-type", "application/json")]),
+            body=body,
+            details=details,
+        )
+    )
+
+
+def continue_request_headers() -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+
+
+def continue_request_body() -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(request_body=pb.BodyResponse())
+
+
+def continue_request_trailers() -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
+
+
+def continue_response_headers() -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+
+
+def continue_response_body() -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(response_body=pb.BodyResponse())
+
+
+def continue_response_trailers() -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(response_trailers=pb.TrailersResponse())

@@ -1,0 +1,173 @@
+"""Periodically scrape every endpoint's /metrics into the datastore.
+
+Each endpoint gets its own asyncio task that scrapes, waits for the next tick and scrapes again, so a slow pod
+never delays the others and scrapes of one pod never overlap. The supervising loop re-reads the datastore's
+membership every interval and starts or cancels those tasks. A failed scrape is recorded in the datastore,
+which makes the endpoint unschedulable until a later scrape succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Protocol
+
+import httpx
+
+from epp.datastore import Datastore, Endpoint, MetricsSnapshot
+from metrics_scraper.vllm_mapping import ScrapeError, VllmMetricsParser
+
+logger = logging.getLogger(__name__)
+
+
+class ScrapeObserver(Protocol):
+    """Told about every scrape; the server layer implements it to export Prometheus metrics."""
+
+    def on_scrape(
+        self,
+        endpoint_name: str,
+        ok: bool,
+        duration_s: float,
+        snapshot: MetricsSnapshot | None,
+        error: str | None,
+    ) -> None: ...
+
+
+class Scraper:
+    """Scrapes `http://host:port/metrics` of every datastore endpoint every `interval_s`.
+
+    `client` is owned by the caller; its connection pool limits bound how many pods can be scraped at once.
+    `timeout_s` bounds a whole scrape (connect, send, read the full body).
+    """
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        client: httpx.AsyncClient,
+        interval_s: float = 0.05,
+        timeout_s: float = 0.5,
+        observer: ScrapeObserver | None = None,
+    ) -> None:
+        self.datastore = datastore
+        self.client = client
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.observer = observer
+        self._parser = VllmMetricsParser()
+        self._tasks: dict[str, tuple[Endpoint, asyncio.Task[None]]] = {}
+        self._failing: dict[str, bool] = {}  # last known state per endpoint, to log only changes
+        self._run_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Run `run()` in a background task."""
+        if self._run_task is None or self._run_task.done():
+            self._run_task = asyncio.create_task(self.run(), name="metrics-scraper")
+
+    async def stop(self) -> None:
+        """Cancel the background task and every per-endpoint scrape."""
+        task, self._run_task = self._run_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def run(self) -> None:
+        """Scrape until cancelled, following datastore membership changes."""
+        try:
+            while True:
+                self._reconcile()
+                await asyncio.sleep(self.interval_s)
+        finally:
+            tasks = [task for _, task in self._tasks.values()]
+            self._tasks.clear()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def scrape_once(self) -> dict[str, bool]:
+        """Scrape every current endpoint once, concurrently; returns success per endpoint name.
+
+        For one-off use (tools, tests); calling it while `run()` is active may overlap scrapes of a pod.
+        """
+        endpoints = self.datastore.endpoints()
+        results = await asyncio.gather(*(self._scrape(e) for e in endpoints))
+        return {e.name: ok for e, ok in zip(endpoints, results, strict=True)}
+
+    # -- internals --------------------------------------------------------------------------------------
+    def _reconcile(self) -> None:
+        wanted = {e.name: e for e in self.datastore.endpoints()}
+        for name, (endpoint, task) in list(self._tasks.items()):
+            if wanted.get(name) != endpoint or task.done():  # removed, moved, or (by a bug) finished
+                task.cancel()
+                del self._tasks[name]
+                if name not in wanted:
+                    self._failing.pop(name, None)
+        for name, endpoint in wanted.items():
+            if name not in self._tasks:
+                task = asyncio.create_task(self._scrape_forever(endpoint), name=f"scrape-{name}")
+                self._tasks[name] = (endpoint, task)
+
+    async def _scrape_forever(self, endpoint: Endpoint) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        crashed = False
+        while True:
+            try:
+                await self._scrape(endpoint)
+                crashed = False
+            except Exception:  # a bug in an observer or datastore listener must not stop scraping
+                if not crashed:
+                    logger.exception("scrape of %s raised", endpoint.name)
+                crashed = True
+            next_at += self.interval_s
+            now = loop.time()
+            if next_at < now:  # the scrape overran: skip missed ticks instead of bursting to catch up
+                next_at = now
+            await asyncio.sleep(next_at - now)
+
+    async def _scrape(self, endpoint: Endpoint) -> bool:
+        started = time.monotonic()
+        snapshot: MetricsSnapshot | None = None
+        error: str | None = None
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                response = await self.client.get(f"{endpoint.base_url}/metrics")
+            if response.status_code != 200:
+                raise ScrapeError(f"HTTP {response.status_code}")
+            snapshot = self._parser.parse(
+                response.content.decode("utf-8", errors="replace"), scraped_at=time.monotonic()
+            )
+        except TimeoutError:
+            error = f"timed out after {self.timeout_s:g}s"
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        except ScrapeError as exc:
+            error = str(exc)
+        duration = time.monotonic() - started
+        # The endpoint may have been removed or replaced (same name, new address) while we were waiting.
+        state = self.datastore.get(endpoint.name)
+        if state is None or state.endpoint != endpoint:
+            return False
+        if snapshot is not None:
+            self.datastore.update_metrics(endpoint.name, snapshot)
+        else:
+            assert error is not None
+            self.datastore.record_scrape_failure(endpoint.name, error)
+        self._log_outcome(endpoint, error)
+        if self.observer is not None:
+            self.observer.on_scrape(endpoint.name, snapshot is not None, duration, snapshot, error)
+        return snapshot is not None
+
+    def _log_outcome(self, endpoint: Endpoint, error: str | None) -> None:
+        was_failing = self._failing.get(endpoint.name)
+        failing = error is not None
+        self._failing[endpoint.name] = failing
+        if failing:
+            logger.debug("scrape of %s (%s) failed: %s", endpoint.name, endpoint.address, error)
+            if was_failing is not True:
+                logger.warning("endpoint %s (%s) scrapes failing: %s", endpoint.name, endpoint.address, error)
+        elif was_failing is not False:
+            logger.info("endpoint %s (%s) scrapes healthy", endpoint.name, endpoint.address)

@@ -1,0 +1,172 @@
+"""`prefix-cache-scorer`: score pods by how much of the prompt's prefix they likely have cached.
+
+Score = leading blocks the pod holds / full blocks of the prompt (see scorers/prefix_index.py). As a PostPick
+hook it teaches the index that the picked pod now caches the prompt. The block hashes and matches are
+computed once per scheduling cycle and shared (via the cycle state) with `prefix-affinity-filter`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+from epp.datastore import Endpoint, EndpointEvent, MetricsSnapshot
+from epp.scheduling.params import parse_params
+from epp.scheduling.plugins import PluginDeps, PluginRegistry
+from epp.scheduling.types import Candidate, SchedulingContext
+from scorers.prefix_index import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_LRU_CAPACITY,
+    DEFAULT_MAX_BLOCKS,
+    PrefixIndex,
+    block_hashes,
+    capacity_from_metrics,
+)
+
+TYPE_NAME = "prefix-cache-scorer"
+
+logger = logging.getLogger(__name__)
+
+
+class PrefixCacheParams(BaseModel):
+    """Parameters as written in config; `hashBlockSize` (GIE's spelling) is accepted for `blockSize`."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    block_size: int = Field(
+        default=DEFAULT_BLOCK_SIZE,
+        gt=0,
+        strict=True,
+        validation_alias=AliasChoices("blockSize", "hashBlockSize"),
+    )
+    max_prefix_blocks_to_match: int = Field(
+        default=DEFAULT_MAX_BLOCKS, gt=0, strict=True, alias="maxPrefixBlocksToMatch"
+    )
+    lru_capacity_per_server: int = Field(
+        default=DEFAULT_LRU_CAPACITY, gt=0, strict=True, alias="lruCapacityPerServer"
+    )
+    auto_size_lru: bool = Field(default=True, strict=True, alias="autoSizeLRU")
+
+
+@dataclass(slots=True)
+class PrefixMatch:
+    """One request's block hashes and, per pod holding its first block, how many leading blocks it holds."""
+
+    hashes: list[int]
+    matched: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return len(self.hashes)
+
+    def ratio(self, pod: str) -> float:
+        total = len(self.hashes)
+        return self.matched.get(pod, 0) / total if total else 0.0
+
+
+class PrefixCacheScorer:
+    """Scorer and PostPick over a PrefixIndex."""
+
+    def __init__(
+        self,
+        name: str = TYPE_NAME,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        max_prefix_blocks: int = DEFAULT_MAX_BLOCKS,
+        lru_capacity_per_server: int = DEFAULT_LRU_CAPACITY,
+        auto_size_lru: bool = True,
+        index: PrefixIndex | None = None,
+    ) -> None:
+        self.name = name
+        self.block_size = block_size
+        self.max_prefix_blocks = max_prefix_blocks
+        self.auto_size_lru = auto_size_lru
+        self.index = index if index is not None else PrefixIndex(lru_capacity_per_server)
+        self._cycle_key = f"{TYPE_NAME}:{name}"
+        # The snapshot each pod's LRU was last sized from; a new scrape brings a new object.
+        self._sized_from: dict[str, MetricsSnapshot] = {}
+
+    def on_endpoint_event(self, event: EndpointEvent, endpoint: Endpoint) -> None:
+        """Datastore listener: forget a pod that restarted (empty cache) or left."""
+        if event is EndpointEvent.REMOVED or event is EndpointEvent.RESTARTED:
+            self.index.forget(endpoint.name)
+            self._sized_from.pop(endpoint.name, None)
+
+    def cycle_match(self, ctx: SchedulingContext) -> PrefixMatch:
+        """This request's hashes and matches, computed on first use in the cycle and then reused."""
+        found = ctx.cycle.data.get(self._cycle_key)
+        if isinstance(found, PrefixMatch):
+            return found
+        req = ctx.request
+        hashes = block_hashes(req.prompt, req.target_model, self.block_size, self.max_prefix_blocks)
+        match = PrefixMatch(hashes, self.index.match(hashes))
+        ctx.cycle.data[self._cycle_key] = match
+        return match
+
+    def match_ratios(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> dict[str, float]:
+        """Per candidate: matched leading blocks / the request's full blocks (0 without a full block)."""
+        if self.auto_size_lru:
+            self._auto_size(candidates)
+        match = self.cycle_match(ctx)
+        total = match.total
+        if total == 0:
+            return {c.endpoint.name: 0.0 for c in candidates}
+        matched = match.matched
+        return {c.endpoint.name: matched.get(c.endpoint.name, 0) / total for c in candidates}
+
+    def matched_blocks(self, ctx: SchedulingContext) -> dict[str, int]:
+        """Pod -> leading blocks matched for this cycle's request (pods with no match are absent)."""
+        return dict(self.cycle_match(ctx).matched)
+
+    def total_blocks(self, ctx: SchedulingContext) -> int:
+        return self.cycle_match(ctx).total
+
+    def score(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> dict[str, float]:
+        return self.match_ratios(ctx, candidates)
+
+    def on_pick(self, ctx: SchedulingContext, picked: Candidate) -> None:
+        """The picked pod will now cache the prompt's blocks."""
+        if self.auto_size_lru:
+            self._auto_size((picked,))
+        match = self.cycle_match(ctx)
+        pod = picked.endpoint.name
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "prefix cache: request %s picked %s, matched %d of %d blocks",
+                ctx.request.request_id,
+                pod,
+                match.matched.get(pod, 0),
+                match.total,
+            )
+        if match.hashes:
+            self.index.insert(pod, match.hashes)
+
+    def _auto_size(self, candidates: Sequence[Candidate]) -> None:
+        sized_from = self._sized_from
+        for c in candidates:
+            metrics = c.metrics
+            pod = c.endpoint.name
+            if sized_from.get(pod) is metrics:
+                continue
+            sized_from[pod] = metrics
+            self.index.set_capacity(pod, capacity_from_metrics(metrics, self.block_size))
+
+
+def factory(name: str, params: Mapping[str, Any], deps: PluginDeps) -> PrefixCacheScorer:
+    p = parse_params(PrefixCacheParams, name, params)
+    plugin = PrefixCacheScorer(
+        name,
+        block_size=p.block_size,
+        max_prefix_blocks=p.max_prefix_blocks_to_match,
+        lru_capacity_per_server=p.lru_capacity_per_server,
+        auto_size_lru=p.auto_size_lru,
+    )
+    deps.datastore.subscribe(plugin.on_endpoint_event)
+    return plugin
+
+
+def register(registry: PluginRegistry) -> None:
+    registry.register(TYPE_NAME, factory)

@@ -1,0 +1,205 @@
+"""An approximate, per-pod index of which prompt prefixes each pod's KV cache likely holds.
+
+Follows the Gateway API Inference Extension (GIE) prefix plugin: the prompt is cut into fixed-size character
+blocks and each full block gets a chained xxhash64 (seeded by the target model), so a block's hash stands for
+the whole prefix ending at it. Each pod has an LRU of the block hashes routed to it; a global
+hash -> pods map makes a lookup cost O(blocks + matches) instead of O(blocks x pods).
+
+Beyond GIE: an LRU can be sized from the pod's scraped KV capacity (`capacity_from_metrics`), and `forget`
+drops a pod's entries (the prefix-cache scorer calls it when the datastore reports a restart or removal).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import xxhash
+
+from epp.datastore import MetricsSnapshot
+
+DEFAULT_BLOCK_SIZE = 64
+DEFAULT_MAX_BLOCKS = 256
+DEFAULT_LRU_CAPACITY = 31_250
+CHARS_PER_TOKEN = 4  # a usual average for English text with BPE tokenizers; GIE's 64-char block assumes it
+
+_xxh64 = xxhash.xxh64_intdigest
+
+
+def block_hashes(prompt: str, model: str, block_size: int, max_blocks: int) -> list[int]:
+    """Chained hashes of the prompt's leading full blocks (at most `max_blocks`); a partial tail is ignored.
+
+    hash(0) = xxh64(model); hash(i) = xxh64(utf8(block_i) + hash(i-1) as 8 little-endian bytes), as in GIE.
+    Blocks are `block_size` characters (equal to GIE's bytes for ASCII prompts).
+    """
+    n = min(len(prompt) // block_size, max_blocks)
+    if n == 0:
+        return []
+    prev = _xxh64(model.encode())
+    out: list[int] = []
+    append = out.append
+    if prompt.isascii():
+        data = prompt[: n * block_size].encode("ascii")
+        for start in range(0, n * block_size, block_size):
+            prev = _xxh64(data[start : start + block_size] + prev.to_bytes(8, "little"))
+            append(prev)
+    else:
+        for start in range(0, n * block_size, block_size):
+            block = prompt[start : start + block_size].encode()
+            prev = _xxh64(block + prev.to_bytes(8, "little"))
+            append(prev)
+    return out
+
+
+def capacity_from_metrics(metrics: MetricsSnapshot, block_size_chars: int) -> int | None:
+    """How many index blocks a pod's KV cache holds, from its scraped capacity; None when unknown."""
+    tokens = metrics.kv_capacity_tokens
+    if tokens is None:
+        return None
+    return max(1, tokens * CHARS_PER_TOKEN // block_size_chars)
+
+
+class PrefixIndex:
+    """Per-pod LRUs of block hashes plus a global hash -> pods map, kept consistent. Not thread-safe.
+
+    The global map stores, per hash, a bitmask of the pods holding it (each pod owns one bit while it has an
+    LRU). Matching many pods against a shared prefix is then one integer AND per block.
+    """
+
+    def __init__(self, default_capacity: int = DEFAULT_LRU_CAPACITY) -> None:
+        if default_capacity < 1:
+            raise ValueError(f"default_capacity must be positive, got {default_capacity}")
+        self.default_capacity = default_capacity
+        self._lrus: dict[str, OrderedDict[int, None]] = {}
+        self._capacity: dict[str, int] = {}
+        self._holders: dict[int, int] = {}  # block hash -> bitmask of pods
+        self._bit: dict[str, int] = {}  # pod -> its bit's position
+        self._pod_at: list[str | None] = []  # bit position -> pod
+        self._free_bits: list[int] = []
+
+    # -- queries ----------------------------------------------------------
+    def match(self, hashes: Sequence[int]) -> dict[str, int]:
+        """Pod -> leading blocks it holds (up to its first miss), for every pod holding the first block."""
+        if not hashes:
+            return {}
+        holders = self._holders
+        alive = holders.get(hashes[0], 0)
+        if not alive:
+            return {}
+        counts: dict[str, int] = {}
+        depth = 1
+        for i in range(1, len(hashes)):
+            nxt = alive & holders.get(hashes[i], 0)
+            if nxt != alive:
+                self._assign(alive & ~nxt, depth, counts)
+                if not nxt:
+                    return counts
+                alive = nxt
+            depth += 1
+        self._assign(alive, depth, counts)
+        return counts
+
+    def pods(self) -> list[str]:
+        return list(self._lrus)
+
+    def size(self, pod: str) -> int:
+        lru = self._lrus.get(pod)
+        return 0 if lru is None else len(lru)
+
+    def capacity(self, pod: str) -> int:
+        return self._capacity.get(pod, self.default_capacity)
+
+    def entries(self, pod: str) -> list[int]:
+        """The pod's hashes from least to most recently used (for inspection and tests)."""
+        return list(self._lrus.get(pod, ()))
+
+    def holds(self, pod: str, block_hash: int) -> bool:
+        bit = self._bit.get(pod)
+        return bit is not None and bool(self._holders.get(block_hash, 0) >> bit & 1)
+
+    # -- updates ----------------------------------------------------------
+    def insert(self, pod: str, hashes: Sequence[int]) -> None:
+        """Record that `pod` now caches these blocks, refreshing their recency.
+
+        Inserted last block first, so the leading blocks end up most recent: when the LRU overflows, the
+        tail of a prompt goes before its prefix (the order vLLM frees blocks in) and what survives is a
+        prefix that still matches.
+        """
+        lru = self._lrus.get(pod)
+        if lru is None:
+            lru = self._lrus[pod] = OrderedDict()
+            self._take_bit(pod)
+        mask = 1 << self._bit[pod]
+        holders = self._holders
+        for h in reversed(hashes):
+            if h in lru:
+                lru.move_to_end(h)
+            else:
+                lru[h] = None
+                holders[h] = holders.get(h, 0) | mask
+        self._evict(lru, mask, self.capacity(pod))
+
+    def set_capacity(self, pod: str, capacity: int | None) -> None:
+        """Size the pod's LRU (None: back to the default); shrinking evicts the least recently used."""
+        if capacity is None:
+            self._capacity.pop(pod, None)
+        elif capacity < 1:
+            raise ValueError(f"capacity must be positive, got {capacity}")
+        else:
+            self._capacity[pod] = capacity
+        lru = self._lrus.get(pod)
+        if lru is not None:
+            self._evict(lru, 1 << self._bit[pod], self.capacity(pod))
+
+    def forget(self, pod: str) -> None:
+        """Drop everything known about the pod (it restarted with an empty cache, or left)."""
+        self._capacity.pop(pod, None)
+        lru = self._lrus.pop(pod, None)
+        if lru is None:
+            return
+        bit = self._bit.pop(pod)
+        mask = 1 << bit
+        for h in lru:
+            self._drop_holder(h, mask)
+        self._pod_at[bit] = None
+        self._free_bits.append(bit)
+
+    # -- internals --------------------------------------------------------
+    def _take_bit(self, pod: str) -> None:
+        if self._free_bits:
+            bit = self._free_bits.pop()
+            self._pod_at[bit] = pod
+        else:
+            bit = len(self._pod_at)
+            self._pod_at.append(pod)
+        self._bit[pod] = bit
+
+    def _assign(self, mask: int, depth: int, counts: dict[str, int]) -> None:
+        """counts[pod] = depth for every pod whose bit is set in mask."""
+        pod_at = self._pod_at
+        if mask.bit_count() > 8:
+            # Many pods (a prefix they all share ended): scanning the binary string beats big-int bit tricks.
+            for bit, digit in enumerate(bin(mask)[:1:-1]):
+                if digit == "1":
+                    pod = pod_at[bit]
+                    if pod is not None:
+                        counts[pod] = depth
+            return
+        while mask:
+            low = mask & -mask
+            pod = pod_at[low.bit_length() - 1]
+            if pod is not None:
+                counts[pod] = depth
+            mask ^= low
+
+    def _evict(self, lru: OrderedDict[int, None], mask: int, capacity: int) -> None:
+        while len(lru) > capacity:
+            h, _ = lru.popitem(last=False)
+            self._drop_holder(h, mask)
+
+    def _drop_holder(self, h: int, mask: int) -> None:
+        left = self._holders.get(h, 0) & ~mask
+        if left:
+            self._holders[h] = left
+        else:
+            self._holders.pop(h, None)

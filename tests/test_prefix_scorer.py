@@ -1,0 +1,167 @@
+"""The prefix-cache-scorer plugin: ratios, once-per-cycle hashing, learning, sizing, forgetting, params."""
+
+from __future__ import annotations
+
+import pytest
+
+from epp.datastore import Datastore, Endpoint, MetricsSnapshot
+from epp.scheduling.plugins import PluginConfigError, PluginDeps, PluginRegistry, PostPick, Scorer
+from epp.scheduling.types import Candidate, LLMRequest, SchedulingContext
+from scorers import prefix_cache_scorer
+from scorers.prefix_cache_scorer import PrefixCacheScorer, factory
+
+MODEL = "llama"
+
+
+def snap(t: float = 0.0, *, block_size: int | None = None, gpu_blocks: int | None = None, start: float = 1.0):
+    return MetricsSnapshot(
+        waiting=0,
+        running=0,
+        kv_cache_usage=0.0,
+        block_size=block_size,
+        num_gpu_blocks=gpu_blocks,
+        process_start_time=start,
+        scraped_at=t,
+    )
+
+
+def cand(name: str, metrics: MetricsSnapshot | None = None) -> Candidate:
+    return Candidate(Endpoint(name, "127.0.0.1", 8000), metrics or snap(), 0)
+
+
+def ctx(prompt: str, model: str = MODEL) -> SchedulingContext:
+    return SchedulingContext(LLMRequest("r", model, model, prompt))
+
+
+def blocks(n: int, seed: str = "p") -> str:
+    return "".join(f"{seed}{i:05d}".ljust(64, ".") for i in range(n))
+
+
+def test_is_scorer_and_post_pick_and_registers() -> None:
+    plugin = PrefixCacheScorer()
+    assert isinstance(plugin, Scorer) and isinstance(plugin, PostPick)
+    registry = PluginRegistry()
+    prefix_cache_scorer.register(registry)
+    built = registry.build("prefix-cache-scorer", "pc", {}, PluginDeps(Datastore()))
+    assert isinstance(built, PrefixCacheScorer) and built.name == "pc"
+
+
+def test_ratio_math_and_learning_from_picks() -> None:
+    plugin = PrefixCacheScorer(auto_size_lru=False)
+    a, b = cand("a"), cand("b")
+    first = ctx(blocks(4))
+    assert plugin.score(first, [a, b]) == {"a": 0.0, "b": 0.0}
+    plugin.on_pick(first, a)
+
+    second = ctx(blocks(4) + blocks(4, seed="q") + "partial")  # 8 full blocks, 4 shared
+    assert plugin.score(second, [a, b]) == {"a": 0.5, "b": 0.0}
+    assert plugin.matched_blocks(second) == {"a": 4}
+    assert plugin.total_blocks(second) == 8
+    plugin.on_pick(second, b)
+    assert plugin.score(ctx(blocks(8)[: 64 * 3]), [a, b]) == {"a": 1.0, "b": 1.0}
+
+
+def test_no_full_block_scores_zero() -> None:
+    plugin = PrefixCacheScorer()
+    short = ctx("hello")
+    plugin.on_pick(short, cand("a"))
+    assert plugin.score(ctx("hello"), [cand("a")]) == {"a": 0.0}
+
+
+def test_hashes_computed_once_per_cycle() -> None:
+    plugin = PrefixCacheScorer(name="pc")
+    c = ctx(blocks(3))
+    plugin.match_ratios(c, [cand("a")])
+    cached = [k for k in c.cycle.data if "pc" in k]
+    assert len(cached) == 1
+    stored = c.cycle.data[cached[0]]
+    plugin.score(c, [cand("a"), cand("b")])
+    plugin.on_pick(c, cand("a"))
+    assert c.cycle.data[cached[0]] is stored
+    assert len(stored.hashes) == 3
+
+
+def test_two_instances_do_not_share_cycle_entries() -> None:
+    one, two = PrefixCacheScorer(name="one"), PrefixCacheScorer(name="two")
+    learn = ctx(blocks(2))
+    one.on_pick(learn, cand("a"))
+    c = ctx(blocks(2))
+    assert one.score(c, [cand("a")]) == {"a": 1.0}
+    assert two.score(c, [cand("a")]) == {"a": 0.0}
+
+
+def test_auto_size_from_metrics_and_resize_on_later_scrape() -> None:
+    plugin = PrefixCacheScorer(block_size=64, lru_capacity_per_server=31250)
+    # 16 tokens/block x 10 blocks = 160 tokens ~ 640 chars = 10 index blocks
+    small = cand("a", snap(1.0, block_size=16, gpu_blocks=10))
+    c = ctx(blocks(20))
+    plugin.match_ratios(c, [small])
+    assert plugin.index.capacity("a") == 10
+    plugin.on_pick(c, small)
+    assert plugin.index.size("a") == 10
+    assert plugin.score(ctx(blocks(20)), [small]) == {"a": 0.5}  # the leading 10 blocks survive
+
+    smaller = cand("a", snap(2.0, block_size=16, gpu_blocks=4))
+    plugin.match_ratios(ctx("x"), [smaller])
+    assert plugin.index.capacity("a") == 4
+    assert plugin.index.size("a") == 4
+
+    unknown = cand("a", snap(3.0))
+    plugin.match_ratios(ctx("x"), [unknown])
+    assert plugin.index.capacity("a") == 31250
+
+
+def test_auto_size_off_uses_configured_capacity() -> None:
+    plugin = PrefixCacheScorer(lru_capacity_per_server=5, auto_size_lru=False)
+    pod = cand("a", snap(block_size=16, gpu_blocks=1000))
+    plugin.on_pick(ctx(blocks(9)), pod)
+    assert plugin.index.capacity("a") == 5
+    assert plugin.index.size("a") == 5
+
+
+def test_forgets_pod_on_removed_and_restarted_via_datastore() -> None:
+    ds = Datastore()
+    plugin = factory("pc", {"autoSizeLRU": False}, PluginDeps(ds))
+    a, b = Endpoint("a", "127.0.0.1", 1), Endpoint("b", "127.0.0.1", 2)
+    ds.set_endpoints([a, b])
+    ds.update_metrics("a", snap(1.0, start=100.0))
+    ds.update_metrics("b", snap(1.0, start=100.0))
+    ca, cb = Candidate.from_state(ds.get("a")), Candidate.from_state(ds.get("b"))  # type: ignore[arg-type]
+    plugin.on_pick(ctx(blocks(3)), ca)
+    plugin.on_pick(ctx(blocks(3)), cb)
+    assert plugin.score(ctx(blocks(3)), [ca, cb]) == {"a": 1.0, "b": 1.0}
+
+    ds.update_metrics("a", snap(2.0, start=200.0))  # new process start time: restart
+    assert plugin.score(ctx(blocks(3)), [ca, cb]) == {"a": 0.0, "b": 1.0}
+    assert plugin.index.size("a") == 0
+
+    ds.set_endpoints([a])
+    assert plugin.index.pods() == []
+    assert plugin.score(ctx(blocks(3)), [cb]) == {"b": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"blockSize": 0}, "blockSize"),
+        ({"blockSize": "64"}, "blockSize"),
+        ({"blockSize": True}, "blockSize"),
+        ({"maxPrefixBlocksToMatch": -1}, "maxPrefixBlocksToMatch"),
+        ({"lruCapacityPerServer": 1.5}, "lruCapacityPerServer"),
+        ({"autoSizeLRU": "yes"}, "autoSizeLRU"),
+        ({"blocksize": 64}, "blocksize"),
+    ],
+)
+def test_bad_params_name_the_parameter(params: dict[str, object], named: str) -> None:
+    with pytest.raises(PluginConfigError, match=named):
+        factory("pc", params, PluginDeps(Datastore()))
+
+
+def test_params_accepted_including_gie_spelling() -> None:
+    plugin = factory(
+        "pc",
+        {"hashBlockSize": 32, "maxPrefixBlocksToMatch": 8, "lruCapacityPerServer": 100, "autoSizeLRU": False},
+        PluginDeps(Datastore()),
+    )
+    assert (plugin.block_size, plugin.max_prefix_blocks, plugin.index.default_capacity) == (32, 8, 100)
+    assert plugin.auto_size_lru is False
