@@ -1,0 +1,1 @@
+"""Small generated data sets for the benchmarks (no downloads)."""

@@ -1,0 +1,187 @@
+"""The HTTP face of one simulated pod: a raw ASGI app routing OpenAI, /metrics, /health and /sim/* admin."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from bench.sim.asgi import (
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    drop_connection,
+    read_body,
+    send_response,
+    wait_disconnect,
+)
+from bench.sim.openai_api import serve_generation
+from bench.sim.pod import SimPod
+from bench.sim.protocol import ApiError, parse_chat, parse_completion
+
+INFERENCE_PATHS = {"/v1/completions": parse_completion, "/v1/chat/completions": parse_chat}
+
+
+async def _hang_until_cleared(pod: SimPod, receive: Receive) -> bool:
+    """Wait for the fault to clear; False if the client gave up first."""
+    cleared = asyncio.ensure_future(pod.fault.wait_cleared())
+    gone = asyncio.ensure_future(wait_disconnect(receive))
+    await asyncio.wait({cleared, gone}, return_when=asyncio.FIRST_COMPLETED)
+    cleared.cancel()
+    gone.cancel()
+    return pod.fault.mode == "none"
+
+
+def state_view(pod: SimPod) -> dict[str, Any]:
+    """JSON debug view of a pod: queues, KV cache, counters and fault."""
+    e = pod.engine
+    s = e.stats
+    return {
+        "model": pod.model_name,
+        "profile": pod.profile.name,
+        "sim_time": pod.clock.now(),
+        "time_scale": pod.clock.time_scale,
+        "start_time": pod.start_time,
+        "fault": {"mode": pod.fault.mode, "status": pod.fault.status},
+        "waiting": [r.request_id for r in e.waiting],
+        "running": [r.request_id for r in e.running],
+        "running_loras": e.running_loras(),
+        "waiting_loras": e.waiting_loras(),
+        "kv": {
+            "num_blocks": e.pool.num_blocks,
+            "free_blocks": e.pool.num_free,
+            "cached_blocks": e.pool.num_cached,
+            "usage": e.pool.usage(),
+            "evictions": e.pool.evictions,
+        },
+        "counters": {
+            "prefix_cache_queries": s.prefix_queries,
+            "prefix_cache_hits": s.prefix_hits,
+            "prompt_tokens": s.prompt_tokens,
+            "generation_tokens": s.generation_tokens,
+            "preemptions": s.preemptions,
+            "steps": s.steps,
+            "finished": dict(s.finished),
+        },
+    }
+
+
+class PodApp:
+    """ASGI application of one pod."""
+
+    def __init__(self, pod: SimPod) -> None:
+        self.pod = pod
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": message["type"] + ".complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            await self._route(scope, receive, send)
+        except ApiError as err:
+            await send_response(send, err.status, err.body())
+        except BodyTooLarge:
+            await send_response(send, 413, ApiError(413, "Request body too large.").body())
+        except ClientGone:
+            return
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        pod = self.pod
+        parser = INFERENCE_PATHS.get(path)
+        if parser is not None:
+            _require(method, "POST")
+            body = await read_body(receive)
+            if not await self._inference_fault(receive, send):
+                return
+            await serve_generation(pod, parser(body), receive, send)
+        elif path == "/health":
+            _require(method, "GET")
+            await send_response(send, 200, b"")
+        elif path == "/metrics":
+            _require(method, "GET")
+            if pod.fault.mode == "metrics_down":
+                await drop_connection(send, receive)
+            elif pod.fault.mode != "metrics_hang" or await _hang_until_cleared(pod, receive):
+                await send_response(send, 200, pod.metrics.render(), CONTENT_TYPE_LATEST.encode())
+        elif path == "/v1/models":
+            _require(method, "GET")
+            await send_response(send, 200, orjson.dumps(self._models()))
+        elif path.startswith("/sim/"):
+            await self._admin(path, method, receive, send)
+        else:
+            raise ApiError(404, f"Route {path} not found.")
+
+    async def _inference_fault(self, receive: Receive, send: Send) -> bool:
+        """Apply the pod's fault to an inference request; True when it should be served."""
+        fault = self.pod.fault
+        if fault.mode == "error":
+            err = ApiError(fault.status, "Simulated pod failure.")
+            await send_response(send, fault.status, err.body())
+            return False
+        if fault.mode == "close":
+            await drop_connection(send, receive)
+            return False
+        if fault.mode == "hang":
+            return await _hang_until_cleared(self.pod, receive)
+        return True
+
+    async def _admin(self, path: str, method: str, receive: Receive, send: Send) -> None:
+        pod = self.pod
+        if path == "/sim/state":
+            _require(method, "GET")
+        elif path == "/sim/fault":
+            _require(method, "POST")
+            body = await read_body(receive)
+            try:
+                spec = orjson.loads(body)
+                pod.fault.set(spec.get("mode", "none"), spec.get("status", 503))
+            except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
+                raise ApiError(400, f"bad fault spec: {exc}") from None
+        elif path == "/sim/restart":
+            _require(method, "POST")
+            await read_body(receive)
+            pod.restart()
+        else:
+            raise ApiError(404, f"Route {path} not found.")
+        await send_response(send, 200, orjson.dumps(state_view(pod)))
+
+    def _models(self) -> dict[str, Any]:
+        pod = self.pod
+        created = int(pod.start_time)
+        base = {
+            "id": pod.model_name,
+            "object": "model",
+            "created": created,
+            "owned_by": "vllm",
+            "root": pod.model_name,
+            "parent": None,
+            "max_model_len": pod.profile.max_model_len,
+        }
+        adapters = [
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "vllm",
+                "root": f"/adapters/{name}",
+                "parent": pod.model_name,
+                "max_model_len": None,
+            }
+            for name in pod.lora_modules
+        ]
+        return {"object": "list", "data": [base, *adapters]}
+
+
+def _require(method: str, expected: str) -> None:
+    if method != expected:
+        raise ApiError(405, f"Method {method} not allowed; use {expected}.")

@@ -1,0 +1,264 @@
+"""Prometheus exposition of one simulated pod, with vLLM 0.32's metric names, types and label keys.
+
+Gauges and counters are read from the engine at scrape time by a custom collector; latency and size
+histograms are prometheus_client Histograms observed as tokens are produced. All times are simulated seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from bench.sim.engine import EngineCore, TokenOutput
+
+TTFT_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
+TTFT_BUCKETS += (20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+)
+LATENCY_BUCKETS += (240.0, 480.0, 960.0, 1920.0, 7680.0)
+ITL_BUCKETS: tuple[float, ...] = (
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+)
+ITL_BUCKETS += (40.0, 80.0)
+FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")
+BASE_LABELS = ("engine", "model_name")
+
+
+def one_two_five_buckets(maximum: int) -> tuple[float, ...]:
+    """vLLM's build_1_2_5_buckets: 1, 2, 5, 10, 20, 50, ... up to `maximum`."""
+    out: list[float] = []
+    exponent = 0
+    while True:
+        for mantissa in (1, 2, 5):
+            value = mantissa * 10**exponent
+            if value > maximum:
+                return tuple(out)
+            out.append(float(value))
+        exponent += 1
+
+
+def cache_config_labels(engine: EngineCore) -> dict[str, str]:
+    """Labels of vllm:cache_config_info: every key the real 0.32 scrape has, with this pod's values."""
+    p = engine.profile
+    kv_tokens = p.kv_cache_tokens
+    return {
+        "_block_size_resolved": "True",
+        "block_size": str(p.block_size),
+        "cache_dtype": "auto",
+        "cache_hit_alignment_tokens": "None",
+        "effective_attention_block_size": str(p.block_size),
+        "enable_mamba_shared_prefix_checkpoint": "False",
+        "enable_prefix_caching": "True",
+        "gpu_memory_utilization": str(p.gpu_memory_utilization),
+        "hash_block_size": "None",
+        "is_attention_free": "False",
+        "kv_cache_dtype_skip_layers": "[]",
+        "kv_cache_layout": "None",
+        "kv_cache_max_concurrency": f"{kv_tokens / p.max_model_len:.1f}",
+        "kv_cache_memory_bytes": str(kv_tokens * p.kv_bytes_per_token),
+        "kv_cache_size_tokens": str(kv_tokens),
+        "kv_offloading_backend": "native",
+        "kv_offloading_size": "None",
+        "kv_sharing_fast_prefill": "False",
+        "mamba_block_size": "None",
+        "mamba_cache_dtype": "auto",
+        "mamba_cache_mode": "none",
+        "mamba_page_size_padded": "None",
+        "mamba_ssm_cache_dtype": "float32",
+        "num_cpu_blocks": "None",
+        "num_gpu_blocks": str(p.num_gpu_blocks),
+        "num_gpu_blocks_override": "None",
+        "prefix_cache_retention_interval": "0",
+        "prefix_caching_hash_algo": "sha256",
+        "prefix_match_unit": "None",
+        "replayssm_buffer_len": "16",
+        "skip_page_size_padded": "None",
+        "sliding_window": "None",
+        "swa_bounded_replay": "True",
+        "use_kda_recoverssm": "False",
+        "use_replayssm": "False",
+        "user_specified_block_size": "False",
+    }
+
+
+class _EngineCollector(Collector):
+    """Reads gauges, counters and info metrics from the engine at scrape time."""
+
+    def __init__(self, engine: EngineCore, model_name: str, max_loras: int, start_time: float) -> None:
+        self._engine = engine
+        self._labels = ["0", model_name]
+        self._max_loras = max_loras
+        self._start_time = start_time
+
+    def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, doc, labels=BASE_LABELS)
+        family.add_metric(self._labels, value)
+        return family
+
+    def _counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, doc, labels=BASE_LABELS)
+        family.add_metric(self._labels, value)
+        return family
+
+    def collect(self) -> Iterable[Metric]:
+        e = self._engine
+        s = e.stats
+        start = GaugeMetricFamily(
+            "process_start_time_seconds", "Start time of the process since unix epoch in seconds."
+        )
+        start.add_metric([], self._start_time)
+        yield start
+        yield self._gauge(
+            "vllm:num_requests_running", "Number of requests in model execution batches.", len(e.running)
+        )
+        yield self._gauge(
+            "vllm:num_requests_waiting", "Number of requests waiting to be processed.", len(e.waiting)
+        )
+        yield self._gauge(
+            "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", e.pool.usage()
+        )
+        yield self._counter(
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            s.prefix_queries,
+        )
+        yield self._counter(
+            "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", s.prefix_hits
+        )
+        yield self._counter(
+            "vllm:num_preemptions", "Cumulative number of preemption from the engine.", s.preemptions
+        )
+        yield self._counter("vllm:prompt_tokens", "Number of prefill tokens processed.", s.prompt_tokens)
+        yield self._counter(
+            "vllm:generation_tokens", "Number of generation tokens processed.", s.generation_tokens
+        )
+        success = CounterMetricFamily(
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+            labels=("engine", "finished_reason", "model_name"),
+        )
+        for reason in FINISH_REASONS:
+            success.add_metric([self._labels[0], reason, self._labels[1]], s.finished.get(reason, 0))
+        yield success
+        labels = {"engine": "0", **cache_config_labels(e)}
+        keys = sorted(labels)
+        config = GaugeMetricFamily(
+            "vllm:cache_config_info", "Information of the LLMEngine CacheConfig", labels=keys
+        )
+        config.add_metric([labels[k] for k in keys], 1.0)
+        yield config
+        lora = GaugeMetricFamily(
+            "vllm:lora_requests_info",
+            "Running stats on lora requests.",
+            labels=("max_lora", "running_lora_adapters", "waiting_lora_adapters"),
+        )
+        lora.add_metric(
+            [str(self._max_loras), ",".join(e.running_loras()), ",".join(e.waiting_loras())], time.time()
+        )
+        yield lora
+
+
+class PodMetrics:
+    """The CollectorRegistry of one pod and the histograms fed from engine outputs."""
+
+    def __init__(self, engine: EngineCore, model_name: str, max_loras: int, start_time: float) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_EngineCollector(engine, model_name, max_loras, start_time))
+        sizes = one_two_five_buckets(engine.profile.max_model_len)
+
+        def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            h = Histogram(name, doc, BASE_LABELS, registry=self.registry, buckets=buckets)
+            return h.labels("0", model_name)
+
+        self.ttft = hist(
+            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TTFT_BUCKETS
+        )
+        self.itl = hist(
+            "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", ITL_BUCKETS
+        )
+        self.e2e = hist(
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of e2e request latency in seconds.",
+            LATENCY_BUCKETS,
+        )
+        self.queue = hist(
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
+            LATENCY_BUCKETS,
+        )
+        self.prompt_tokens = hist("vllm:request_prompt_tokens", "Number of prefill tokens processed.", sizes)
+        self.generation_tokens = hist(
+            "vllm:request_generation_tokens", "Number of generation tokens processed.", sizes
+        )
+
+    def observe(self, outputs: Iterator[TokenOutput] | list[TokenOutput]) -> None:
+        """Record latencies of the tokens a step produced."""
+        for out in outputs:
+            req = out.request
+            if out.first and req.first_token_at is not None:
+                self.ttft.observe(req.first_token_at - req.arrival)
+                if req.first_scheduled is not None:
+                    self.queue.observe(req.first_scheduled - req.arrival)
+            elif not out.first:
+                self.itl.observe(req.last_itl)
+            if out.finished and req.finished_at is not None:
+                self.e2e.observe(req.finished_at - req.arrival)
+                self.prompt_tokens.observe(req.num_prompt)
+                self.generation_tokens.observe(req.num_output)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)

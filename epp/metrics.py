@@ -1,0 +1,171 @@
+"""epp's own Prometheus metrics, kept in a CollectorRegistry made per app.
+
+`EppMetrics` is both the decision recorder (called by the pick service) and the scrape observer (called by the
+scraper). Per-endpoint gauges are read from the Datastore at collection time, so an endpoint that leaves the
+pool leaves /metrics too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from epp.datastore import Datastore, Endpoint, EndpointEvent, MetricsSnapshot
+from epp.picking import RESULT_SHED
+
+# Scheduling takes tens of microseconds to a few milliseconds; resolve that range finely.
+DECISION_LATENCY_BUCKETS = (
+    1e-5,
+    2.5e-5,
+    5e-5,
+    7.5e-5,
+    1e-4,
+    2.5e-4,
+    5e-4,
+    7.5e-4,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    7.5e-3,
+    1e-2,
+    2.5e-2,
+    0.1,
+)
+PREFIX_RATIO_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+SCRAPE_DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class DatastoreCollector(Collector):
+    """Per-endpoint gauges computed from the Datastore when Prometheus collects."""
+
+    def __init__(self, datastore: Datastore, clock: Callable[[], float] = time.monotonic) -> None:
+        self._datastore = datastore
+        self._clock = clock
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        now = self._clock()
+        waiting = _per_endpoint("epp_endpoint_waiting_requests", "Requests queued on the pod.")
+        running = _per_endpoint("epp_endpoint_running_requests", "Requests running on the pod.")
+        kv = _per_endpoint("epp_endpoint_kv_cache_usage", "KV cache usage of the pod (0..1).")
+        in_flight = _per_endpoint(
+            "epp_endpoint_in_flight_requests", "Requests epp sent to the pod and has not seen finish."
+        )
+        staleness = _per_endpoint(
+            "epp_endpoint_metrics_staleness_seconds", "Seconds since the pod's last good metrics scrape."
+        )
+        schedulable_flag = _per_endpoint("epp_endpoint_schedulable", "1 if the pod can be picked, else 0.")
+        states = self._datastore.states()
+        schedulable_count = 0
+        for state in states:
+            name = [state.endpoint.name]
+            in_flight.add_metric(name, state.in_flight)
+            ok = self._datastore.is_schedulable(state, now)
+            schedulable_count += ok
+            schedulable_flag.add_metric(name, 1.0 if ok else 0.0)
+            snap = state.metrics
+            if snap is None:
+                continue
+            waiting.add_metric(name, snap.waiting)
+            running.add_metric(name, snap.running)
+            kv.add_metric(name, snap.kv_cache_usage)
+            staleness.add_metric(name, max(0.0, snap.age(now)))
+        yield from (waiting, running, kv, in_flight, staleness, schedulable_flag)
+        yield GaugeMetricFamily(
+            "epp_schedulable_endpoints", "Endpoints with fresh metrics.", value=schedulable_count
+        )
+        yield GaugeMetricFamily("epp_endpoints", "Endpoints in the pool.", value=len(states))
+
+
+def _per_endpoint(name: str, documentation: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=["endpoint"])
+
+
+class EppMetrics:
+    """Decision and scrape metrics; implements the DecisionRecorder and ScrapeObserver protocols."""
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.decisions = Counter(
+            "epp_decisions", "Decisions by strategy and result.", ["strategy", "result"], registry=r
+        )
+        self.decision_latency = Histogram(
+            "epp_decision_latency_seconds",
+            "Time to make one scheduling decision.",
+            ["strategy"],
+            buckets=DECISION_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prefix_match_ratio = Histogram(
+            "epp_prefix_match_ratio",
+            "Fraction of the prompt's prefix blocks cached on the picked endpoint.",
+            buckets=PREFIX_RATIO_BUCKETS,
+            registry=r,
+        )
+        self.picks = Counter("epp_picks", "Requests routed to each endpoint.", ["endpoint"], registry=r)
+        self.shed = Counter("epp_shed_requests", "Requests shed because the pool is saturated.", registry=r)
+        self.scrape_errors = Counter(
+            "epp_scrape_errors", "Failed metrics scrapes by endpoint.", ["endpoint"], registry=r
+        )
+        self.scrape_duration = Histogram(
+            "epp_scrape_duration_seconds",
+            "Duration of one metrics scrape of one endpoint.",
+            buckets=SCRAPE_DURATION_BUCKETS,
+            registry=r,
+        )
+        r.register(DatastoreCollector(datastore, clock))
+        # Drop per-endpoint series of endpoints that leave the pool.
+        datastore.subscribe(self._on_endpoint_event)
+
+    def _on_endpoint_event(self, event: EndpointEvent, endpoint: Endpoint) -> None:
+        if event is not EndpointEvent.REMOVED:
+            return
+        for labelled in (self.scrape_errors, self.picks):
+            with contextlib.suppress(KeyError):
+                labelled.remove(endpoint.name)
+
+    # -- DecisionRecorder -----------------------------------------------------
+    def record_decision(
+        self,
+        strategy: str,
+        result: str,
+        latency_s: float,
+        prefix_match_ratio: float | None,
+        endpoint: str | None,
+    ) -> None:
+        """One decision: `result` is an epp.picking RESULT_* label; `endpoint` the pick, if any."""
+        self.decisions.labels(strategy=strategy, result=result).inc()
+        self.decision_latency.labels(strategy=strategy).observe(latency_s)
+        if prefix_match_ratio is not None:
+            self.prefix_match_ratio.observe(min(1.0, max(0.0, prefix_match_ratio)))
+        if result == RESULT_SHED:
+            self.shed.inc()
+        if endpoint is not None:
+            self.picks.labels(endpoint=endpoint).inc()
+
+    # -- ScrapeObserver -------------------------------------------------------
+    def on_scrape(
+        self,
+        endpoint_name: str,
+        ok: bool,
+        duration_s: float,
+        snapshot: MetricsSnapshot | None,
+        error: str | None,
+    ) -> None:
+        self.scrape_duration.observe(duration_s)
+        if not ok:
+            self.scrape_errors.labels(endpoint=endpoint_name).inc()
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
