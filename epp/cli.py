@@ -9,7 +9,14 @@ from collections.abc import Sequence
 
 # Modules that contribute subcommands. Each defines `register(subparsers) -> None` and gives its parsers
 # `set_defaults(func=...)`: a callable taking the parsed namespace and returning an exit code.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("bench.cli", "epp.config.cli", "epp.servers.cli", "bench.sim.cli")
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "bench.cli",
+    "epp.config.cli",
+    "epp.servers.cli",
+    "bench.sim.cli",
+    "epp.envoy_gateway.cli",
+    "gateway.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -112,12 +112,30 @@ class PickService:
         """
         start = time.perf_counter()
         try:
-            request, rewritten = self._parse(body, headers, path)
+            request, rewritten = self.parse(body, headers, path)
+        except Exception as exc:
+            self._record_failure(exc, start)
+            raise
+        return self.schedule(request, rewritten, start)
+
+    def parse(self, body: bytes, headers: Mapping[str, str], path: str) -> tuple[LLMRequest, bytes | None]:
+        """The parse half of `pick` (records nothing): the request and the rewritten body, if any."""
+        if not body and path.split("?", 1)[0] not in INFERENCE_PATHS:
+            return bodyless_request(headers), None
+        if not body:
+            raise RequestError(400, "Request body is empty.", code="invalid_body")
+        parsed = parse_request(body, headers, path, self.resolver, self.rng, self._adapters)
+        return parsed.request, parsed.rewritten_body
+
+    def schedule(
+        self, request: LLMRequest, rewritten: bytes | None = None, started: float | None = None
+    ) -> PickOutcome:
+        """The schedule half of `pick`, recorded; `started` (time.perf_counter()) is when parsing began."""
+        start = time.perf_counter() if started is None else started
+        try:
             result = self.scheduler.schedule(request, self.profile)
         except Exception as exc:
-            self.recorder.record_decision(
-                self.strategy_name, _result_label(exc), time.perf_counter() - start, None, None
-            )
+            self._record_failure(exc, start)
             raise
         latency = time.perf_counter() - start
         self.recorder.record_decision(
@@ -136,13 +154,10 @@ class PickService:
             )
         return PickOutcome(request, result, rewritten)
 
-    def _parse(self, body: bytes, headers: Mapping[str, str], path: str) -> tuple[LLMRequest, bytes | None]:
-        if not body and path.split("?", 1)[0] not in INFERENCE_PATHS:
-            return bodyless_request(headers), None
-        if not body:
-            raise RequestError(400, "Request body is empty.", code="invalid_body")
-        parsed = parse_request(body, headers, path, self.resolver, self.rng, self._adapters)
-        return parsed.request, parsed.rewritten_body
+    def _record_failure(self, exc: BaseException, start: float) -> None:
+        self.recorder.record_decision(
+            self.strategy_name, _result_label(exc), time.perf_counter() - start, None, None
+        )
 
 
 def _result_label(exc: BaseException) -> str:

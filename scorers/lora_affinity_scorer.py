@@ -1,4 +1,8 @@
-"""`lora-affinity-scorer`: prefer pods that already have the requested LoRA adapter loaded."""
+"""`lora-affinity-scorer`: prefer pods that already have the requested LoRA adapter loaded.
+
+Tiers, from the pod's scraped `vllm:lora_requests_info`: the adapter is running (1.0); requests for it are
+waiting there (0.8); a slot under `max_lora` is free of running and waiting adapters (0.5); otherwise 0.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ def lora_score(candidate: Candidate, adapter: str) -> float:
         return LOADED
     if adapter in m.waiting_loras:
         return LOADING
-    if m.max_lora is None or len(m.running_loras) < m.max_lora:
+    # Adapters waiting on the pod will take slots too, so only what neither uses is free.
+    if m.max_lora is None or len(m.running_loras | m.waiting_loras) < m.max_lora:
         return FREE_SLOT
     return NO_SLOT
 

@@ -50,7 +50,9 @@ class Harness:
         return busy
 
 
-async def _serve(scheduler_factory: Callable[[Datastore], Any] | None = None) -> AsyncIterator[Harness]:
+async def _serve(
+    scheduler_factory: Callable[[Datastore], Any] | None = None, fallback_endpoints: int = 0
+) -> AsyncIterator[Harness]:
     ds = Datastore(staleness_s=600)
     ds.set_endpoints([Endpoint("pod-a", "10.0.0.1", 8000), Endpoint("pod-b", "10.0.0.2", 8001)])
     ds.update_metrics("pod-a", snapshot())
@@ -73,7 +75,9 @@ async def _serve(scheduler_factory: Callable[[Datastore], Any] | None = None) ->
     )
     recorder = ListRecorder()
     service = PickService(scheduler, ds, resolver, recorder, rng, "least-request")
-    server = ExtProcServer(service, ds, "127.0.0.1", 0, max_body_bytes=4096)
+    server = ExtProcServer(
+        service, ds, "127.0.0.1", 0, max_body_bytes=4096, fallback_endpoints=fallback_endpoints
+    )
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
@@ -324,3 +328,43 @@ async def test_concurrent_streams_count_separately(h: Harness) -> None:
         await call.done_writing()
         await call.read()
     assert sum(h.in_flight().values()) == 0
+
+
+async def test_fallback_endpoints_follow_the_pick_in_score_order() -> None:
+    async for h in _serve(fallback_endpoints=2):
+        h.ds.update_metrics("pod-a", snapshot(waiting=3))  # least-request prefers pod-b, pod-a comes second
+        call = h.stub.Process()
+        await exchange(call, headers_msg("/v1/chat/completions"))
+        resp = await exchange(call, body_msg(chat()))
+        expected = "10.0.0.2:8001,10.0.0.1:8000"  # only two pods: N=2 lists every other candidate once
+        assert set_headers(resp.request_body.response)[DEST] == expected.encode()
+        assert metadata_endpoint(resp) == expected
+        assert h.in_flight() == {"pod-a": 0, "pod-b": 1}  # only the pick counts as in flight
+        await call.done_writing()
+        assert await call.read() == grpc.aio.EOF
+        await wait_released(h)
+
+
+async def test_filtered_out_pods_are_not_fallbacks() -> None:
+    async for h in _serve(fallback_endpoints=1):
+        h.ds.update_metrics("pod-b", snapshot(waiting=10_000))  # saturated: the filter drops it
+        call = h.stub.Process()
+        resp = await exchange(call, headers_msg("/v1/models", method="GET", eos=True))
+        assert set_headers(resp.request_headers.response)[DEST] == b"10.0.0.1:8000"
+        await call.done_writing()
+        assert await call.read() == grpc.aio.EOF
+        await wait_released(h)
+
+
+async def test_negative_fallback_count_is_refused() -> None:
+    ds = Datastore()
+    service = PickService(
+        Scheduler(ds, assemble_profile("p", [(MaxScorePicker(), 1.0)])),
+        ds,
+        None,
+        ListRecorder(),
+        random.Random(),
+        "x",
+    )
+    with pytest.raises(ValueError, match="fallback_endpoints"):
+        ExtProcServer(service, ds, fallback_endpoints=-1)

@@ -55,9 +55,18 @@ def test_lora_affinity_scores() -> None:
         cand("free", running_loras=frozenset({"x"}), max_lora=2),
         cand("unknown", running_loras=frozenset({"x", "y"})),
         cand("full", running_loras=frozenset({"x", "y"}), max_lora=2),
+        # The free slot is spoken for: "y" is waiting and will load into it.
+        cand("claimed", running_loras=frozenset({"x"}), waiting_loras=frozenset({"y"}), max_lora=2),
     ]
     scores = LoraAffinityScorer().score(ctx(request(lora="sql")), cands)
-    assert scores == {"running": 1.0, "waiting": 0.8, "free": 0.5, "unknown": 0.5, "full": 0.0}
+    assert scores == {
+        "running": 1.0,
+        "waiting": 0.8,
+        "free": 0.5,
+        "unknown": 0.5,
+        "full": 0.0,
+        "claimed": 0.0,
+    }
 
 
 def test_lora_affinity_neutral_without_adapter() -> None:

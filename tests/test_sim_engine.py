@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from bench.sim.clock import SimClock
 from bench.sim.engine import EngineCore, SimRequest
 from bench.sim.kv_cache import BlockPool, block_hashes
 from bench.sim.profiles import PROFILES, get_profile
@@ -127,6 +128,30 @@ def test_max_loras_limits_adapters_in_batch():
     assert engine.running_loras() == ["one"] and engine.waiting_loras() == ["two"]
     _drain(engine)
     assert engine.stats.finished == {"length": 3}
+
+
+def test_loading_an_inactive_adapter_costs_its_load_delay_once():
+    engine = EngineCore(TINY, max_loras=1)
+    engine.add_request(_req("base", 8, max_tokens=3))
+    base, _ = engine.run_step(0.0)
+    engine.add_request(_req("a", 8, max_tokens=3, start=100, lora="one"))
+    loaded, _ = engine.run_step(0.0)  # a's prefill (one adapter load) next to base's decode
+    steady, _ = engine.run_step(0.0)  # both decode; "one" is already resident
+    assert base is not None and loaded is not None and steady is not None
+    assert (loaded.lora_loads, steady.lora_loads) == (1, 0)
+    assert loaded.duration - loaded.prefill_tokens / TINY.prefill_tokens_per_s > base.duration
+    assert loaded.duration > steady.duration + TINY.lora_load_s / 2
+
+
+def test_sim_clock_runs_time_scale_times_faster_than_the_wall():
+    wall = [100.0]
+    clock = SimClock(10.0, wall=lambda: wall[0])
+    assert clock.now() == 0.0
+    wall[0] = 101.5
+    assert clock.now() == 15.0  # simulated seconds: 1.5 wall seconds at x10
+    assert clock.wall_delay(25.0) == 1.0  # 10 simulated seconds ahead = 1 wall second
+    with pytest.raises(ValueError, match="positive"):
+        SimClock(0.0)
 
 
 def test_abort_frees_blocks():

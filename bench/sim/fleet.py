@@ -39,7 +39,9 @@ class _EmbeddedServer(uvicorn.Server):
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening-ready TCP socket on (host, port); port 0 lets the OS pick a free one."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose proto says TCP. Without it
+    # Nagle holds uvicorn's second write of a response until the client's delayed ACK: +40 ms per response.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

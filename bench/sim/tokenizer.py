@@ -12,7 +12,7 @@ import re
 
 import xxhash
 
-VOCAB_SIZE = 151_936  # Qwen2.5's vocabulary size; only used to bound the ids.
+VOCAB_SIZE = 151_936  # Qwen2.5 0.5B-3B embedding rows (7B has 152,064); only bounds the ids.
 MAX_PIECE_CHARS = 8
 CHUNK_CHARS = 4
 

@@ -37,9 +37,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--scrape-interval", type=float, default=0.05, help="seconds between metrics scrapes")
     p.add_argument("--staleness", type=float, default=1.0, help="seconds after which pod metrics are too old")
+    p.add_argument(
+        "--fallback-endpoints",
+        type=_non_negative,
+        default=0,
+        metavar="N",
+        help="ext_proc: list up to N more candidates after the pick, for Envoy's retries (default 0)",
+    )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--seed", type=int, default=None, help="seed for random pickers (reproducible runs)")
     p.set_defaults(func=run_serve)
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -62,6 +76,7 @@ def run_serve(args: argparse.Namespace) -> int:
         staleness_s=args.staleness,
         seed=args.seed,
         log_level=args.log_level,
+        fallback_endpoints=args.fallback_endpoints,
     )
     try:
         app = build_app(options, env=dict(os.environ))

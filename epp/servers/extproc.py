@@ -4,8 +4,10 @@ One gRPC stream carries one HTTP request. epp answers every message Envoy sends 
 works); it routes once, on the request body's last chunk (BUFFERED mode sends one; STREAMED chunks are
 accumulated and each non-final chunk is answered with CONTINUE) or on request headers with end_of_stream
 (a bodyless request such as GET /v1/models). Routing sets header `x-gateway-destination-endpoint` and the same
-value in dynamic metadata `envoy.lb`, as GIE does. Pick errors become an ImmediateResponse with an
-OpenAI-style JSON body.
+value in dynamic metadata `envoy.lb`, as GIE does. With `fallback_endpoints` N > 0 the value lists the pick
+first, then up to N more candidates by falling total score (`ip:port,ip:port,...`, as GIE's protocol allows):
+Envoy's override_host load balancer retries on them when the pick cannot be reached. Pick errors become an
+ImmediateResponse with an OpenAI-style JSON body.
 
 The picked endpoint is counted in flight from the pick until the response ends (response headers or body
 with end_of_stream, or response trailers) or the gRPC stream ends or is cancelled, whichever comes first.
@@ -26,7 +28,7 @@ from google.protobuf.internal import api_implementation  # type: ignore[import-u
 from epp.datastore import Datastore
 from epp.picking import PickService, error_reply
 from epp.request import RequestError
-from epp.scheduling.types import SchedulingError
+from epp.scheduling.types import SchedulingError, SchedulingResult
 from epp.servers import extproc_messages as msg
 
 logger = logging.getLogger(__name__)
@@ -73,11 +75,18 @@ class ExtProcServicer:
     """Implements the ExternalProcessor `Process` bidirectional stream."""
 
     def __init__(
-        self, service: PickService, datastore: Datastore, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+        self,
+        service: PickService,
+        datastore: Datastore,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        fallback_endpoints: int = 0,
     ) -> None:
+        if fallback_endpoints < 0:
+            raise ValueError(f"fallback_endpoints must be >= 0, got {fallback_endpoints}")
         self._service = service
         self._datastore = datastore
         self._max_body_bytes = max_body_bytes
+        self._fallback_endpoints = fallback_endpoints
 
     async def Process(
         self,
@@ -163,9 +172,29 @@ class ExtProcServicer:
         endpoint = outcome.result.endpoint
         self._datastore.acquire(endpoint.name)
         stream.endpoint = endpoint.name
+        destination = self._destination(outcome.result)
         if on_headers:
-            return msg.route_on_headers(endpoint.address)
-        return msg.route_on_body(endpoint.address, outcome.rewritten_body)
+            return msg.route_on_headers(destination)
+        return msg.route_on_body(destination, outcome.rewritten_body)
+
+    def _destination(self, result: SchedulingResult) -> str:
+        """The pick's address, then up to `fallback_endpoints` other candidates' by falling total score."""
+        primary = result.endpoint
+        if not self._fallback_endpoints:
+            return primary.address
+        totals = result.total_scores
+        others = sorted(
+            (name for name in result.candidates_after_filters if name != primary.name),
+            key=lambda name: -totals.get(name, 0.0),
+        )
+        addresses = [primary.address]
+        for name in others:
+            state = self._datastore.get(name)
+            if state is not None:
+                addresses.append(state.endpoint.address)
+                if len(addresses) > self._fallback_endpoints:
+                    break
+        return ",".join(addresses)
 
 
 def _error(exc: Exception) -> pb.ProcessingResponse:
@@ -183,10 +212,11 @@ class ExtProcServer:
         host: str = "127.0.0.1",
         port: int = 9002,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        fallback_endpoints: int = 0,
     ) -> None:
         self.host = host
         self.port = port
-        self._servicer = ExtProcServicer(service, datastore, max_body_bytes)
+        self._servicer = ExtProcServicer(service, datastore, max_body_bytes, fallback_endpoints)
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> int:

@@ -1,0 +1,79 @@
+"""The picking core every front end shares: datastore, metrics, scheduler, pick service and scraper.
+
+`epp serve` (EppApp) and `epp gateway` both build one `PickerCore` from the loaded config and the endpoint
+list (`merge_endpoints`), start its scraper, and put their own servers in front of `core.service`.
+"""
+
+from __future__ import annotations
+
+import random
+
+import httpx
+
+from epp.config import ConfigError, EppConfig, parse_endpoints
+from epp.config.errors import ConfigIssue, DocumentRef
+from epp.datastore import Datastore, Endpoint
+from epp.metrics import EppMetrics
+from epp.picking import PickService
+from epp.scheduling.builder import build_scheduler
+from epp.scheduling.plugins import PluginConfigError
+from metrics_scraper.scraper import Scraper
+from scorers.builtin import default_registry
+
+
+def merge_endpoints(config: EppConfig, endpoints: str | None) -> list[Endpoint]:
+    """The config's static endpoints plus `--endpoints` ("host:port,..."); ConfigError on a duplicate."""
+    merged = list(config.static_endpoints)
+    if endpoints:
+        for endpoint in parse_endpoints(endpoints):
+            if any(e.name == endpoint.name for e in merged):
+                issue = ConfigIssue(
+                    DocumentRef("--endpoints"), f"endpoint {endpoint.name!r} is already in the config"
+                )
+                raise ConfigError([issue])
+            merged.append(endpoint)
+    return merged
+
+
+class PickerCore:
+    """One pool's picking state. Raises ConfigError when the picker config cannot be built."""
+
+    def __init__(
+        self, config: EppConfig, endpoints: list[Endpoint], staleness_s: float, seed: int | None
+    ) -> None:
+        self.config = config
+        self.datastore = Datastore(staleness_s=staleness_s)
+        self.datastore.set_endpoints(endpoints)
+        self.metrics = EppMetrics(self.datastore)
+        self.rng = random.Random(seed)
+        try:
+            scheduler = build_scheduler(config.picker_config, self.datastore, default_registry(), self.rng)
+        except PluginConfigError as exc:
+            where = ", ".join(str(s) for s in config.sources) or "--strategy"
+            raise ConfigError(
+                [ConfigIssue(DocumentRef(where, kind="EndpointPickerConfig"), str(exc))]
+            ) from None
+        resolver = config.models if len(config.models) else None  # no InferenceModels: models pass through
+        self.service = PickService(
+            scheduler, self.datastore, resolver, self.metrics, self.rng, config.strategy_name
+        )
+        self._scraper: Scraper | None = None
+        self._own_client: httpx.AsyncClient | None = None
+
+    def start_scraping(
+        self, interval_s: float, timeout_s: float, client: httpx.AsyncClient | None = None
+    ) -> None:
+        """Scrape every endpoint's /metrics; `client` (owned by the caller) defaults to one of our own."""
+        if client is None:
+            # trust_env=False: pods are reached directly, never through an HTTP(S)_PROXY from the environment.
+            client = self._own_client = httpx.AsyncClient(trust_env=False, timeout=timeout_s)
+        self._scraper = Scraper(self.datastore, client, interval_s, timeout_s, observer=self.metrics)
+        self._scraper.start()
+
+    async def stop_scraping(self) -> None:
+        if self._scraper is not None:
+            await self._scraper.stop()
+            self._scraper = None
+        if self._own_client is not None:
+            await self._own_client.aclose()
+            self._own_client = None

@@ -1,0 +1,137 @@
+"""`epp envoy up` (epp serve + Envoy for one pool) and `epp envoy config` (print the rendered Envoy YAML)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from types import FrameType
+
+from epp.config.routing_strategy import RoutingStrategy
+
+
+def _pool_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoints", default=None, help="pool pods ip:port,... (added to the config's)")
+    p.add_argument(
+        "--config", action="append", default=[], metavar="FILE", help="epp YAML config; repeatable"
+    )
+    p.add_argument("--strategy", choices=[s.value for s in RoutingStrategy], default=None)
+    p.add_argument("--host", default="127.0.0.1", help="Envoy listener address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="Envoy listener port (default 8080; 0: any free)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--fail-open",
+        dest="fail_open",
+        action="store_const",
+        const=True,
+        help="when epp is down or fails, route by least request (default: the pool's failureMode)",
+    )
+    mode.add_argument(
+        "--fail-closed",
+        dest="fail_open",
+        action="store_const",
+        const=False,
+        help="when epp is down or fails, answer 502 (the default without a FailOpen pool)",
+    )
+    p.add_argument("--retries", type=int, default=2, help="retries on another pod before any response byte")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    envoy = subparsers.add_parser("envoy", help="run epp behind a real Envoy", description=__doc__)
+    sub = envoy.add_subparsers(dest="envoy_command", metavar="COMMAND", required=True)
+
+    up = sub.add_parser("up", help="start epp serve and Envoy for a pool; stop both on SIGINT/SIGTERM")
+    _pool_flags(up)
+    up.add_argument("--grpc-port", type=int, default=0, help="epp ext_proc port (default 0: any free)")
+    up.add_argument(
+        "--fallback-endpoints", type=int, default=2, help="retry addresses epp lists after its pick"
+    )
+    up.add_argument("--concurrency", type=int, default=None, help="Envoy worker threads (default: per core)")
+    up.add_argument("--envoy-log-level", default="warning", help="Envoy's --log-level (default warning)")
+    up.set_defaults(func=run_up)
+
+    config = sub.add_parser("config", help="print the Envoy YAML for a pool and an ext_proc address")
+    _pool_flags(config)
+    config.add_argument("--grpc-port", type=int, default=9002, help="epp ext_proc port (default 9002)")
+    config.add_argument("--grpc-host", default="127.0.0.1", help="epp ext_proc address (default 127.0.0.1)")
+    config.add_argument(
+        "--admin-port", type=int, default=9901, help="Envoy admin port on 127.0.0.1 (default 9901)"
+    )
+    config.set_defaults(func=run_config)
+
+
+def run_config(args: argparse.Namespace) -> int:
+    from epp.config import ConfigError
+    from epp.envoy_gateway.config import EnvoyConfigError, EnvoyConfigOptions, render_yaml
+    from epp.envoy_gateway.stack import StackOptions, resolve_pool
+
+    try:
+        pool = resolve_pool(
+            StackOptions(endpoints=args.endpoints, config_paths=args.config, fail_open=args.fail_open)
+        )
+        text = render_yaml(
+            EnvoyConfigOptions(
+                endpoints=pool.endpoints,
+                extproc_host=args.grpc_host,
+                extproc_port=args.grpc_port,
+                listen_host=args.host,
+                listen_port=args.port,
+                admin_port=args.admin_port,
+                fail_open=pool.fail_open,
+                num_retries=args.retries,
+            )
+        )
+    except (ConfigError, EnvoyConfigError) as exc:
+        print(f"epp envoy config: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 0
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from epp.config import ConfigError
+    from epp.envoy_gateway.config import EnvoyConfigError
+    from epp.envoy_gateway.stack import EnvoyStack, StackError, StackOptions
+
+    options = StackOptions(
+        endpoints=args.endpoints,
+        config_paths=args.config,
+        strategy=args.strategy,
+        host=args.host,
+        port=args.port,
+        grpc_port=args.grpc_port,
+        fail_open=args.fail_open,
+        fallback_endpoints=args.fallback_endpoints,
+        num_retries=args.retries,
+        envoy_concurrency=args.concurrency,
+        envoy_log_level=args.envoy_log_level,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stack = EnvoyStack(options=options)
+    try:
+        try:
+            stack.start()
+        except (ConfigError, EnvoyConfigError) as exc:
+            print(f"epp envoy up: config error: {exc}", file=sys.stderr)
+            return 2
+        except StackError as exc:
+            print(f"epp envoy up: {exc}", file=sys.stderr)
+            return 1
+        print(f"epp envoy listening on {stack.base_url}", flush=True)
+        print(f"epp (metrics, /pick) on {stack.epp_url}, envoy admin on {stack.admin_url}", file=sys.stderr)
+        while not stop.wait(0.2):
+            failed = stack.failed_child()
+            if failed is not None:
+                print(f"epp envoy up: {failed.failure('exited')}", file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

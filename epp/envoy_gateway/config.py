@@ -1,0 +1,288 @@
+"""Render the Envoy bootstrap that puts epp's ext_proc picker in front of one pool of vLLM pods.
+
+Every request passes the ext_proc filter (request headers and the buffered body go to `epp serve`;
+response headers too, so epp sees the response start; response bodies never do, so streams are not
+buffered). epp answers with dynamic metadata `envoy.lb/x-gateway-destination-endpoint` =
+`ip:port[,ip:port...]`, which the pool cluster's `override_host` load-balancing policy follows: the first
+address serves the request, the others serve retries (connect failures, resets and refused streams before
+any response byte), then the fallback policy (least request) does. Envoy's own error replies are rendered
+as OpenAI-style JSON errors.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from epp.servers.extproc_messages import DESTINATION_HEADER, DESTINATION_METADATA_NAMESPACE
+
+POOL_CLUSTER = "inference_pool"
+EXTPROC_CLUSTER = "epp_extproc"
+EXTPROC_ERROR_STATUS = 502  # what a failing epp (fail-closed) answers: Bad Gateway
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024  # the same limit `epp serve` applies
+_T = "type.googleapis.com/envoy."
+
+
+class EnvoyConfigError(ValueError):
+    """The options cannot make a valid Envoy config (e.g. an endpoint host that is not an IP address)."""
+
+
+@dataclass(frozen=True)
+class EnvoyConfigOptions:
+    """What the rendered Envoy listens on, where epp and the pods are, and how failures are handled."""
+
+    endpoints: list[tuple[str, int]]  # the pool's pods, (IP address, port)
+    extproc_port: int
+    extproc_host: str = "127.0.0.1"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080  # 0: any free port (read it back from the admin API)
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 0
+    fail_open: bool = False  # epp unreachable/failing: True routes by least request, False answers 503
+    message_timeout_s: float = 5.0  # longest wait for one ext_proc answer
+    num_retries: int = 2
+    connect_timeout_s: float = 1.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    extra_retry_on: tuple[str, ...] = field(default_factory=tuple)
+
+
+def split_endpoint(address: str) -> tuple[str, int]:
+    """`ip:port` or `[v6]:port` -> (ip, port); EnvoyConfigError for a hostname (override_host matches IPs)."""
+    host, sep, port_text = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        port = int(port_text)
+    except ValueError:
+        raise EnvoyConfigError(
+            f"endpoint {address!r}: Envoy needs an IP address and a port (override_host matches ip:port)"
+        ) from None
+    if not sep or not 0 < port < 65536:
+        raise EnvoyConfigError(f"endpoint {address!r}: port must be 1..65535")
+    return host, port
+
+
+def _socket(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _lb_endpoints(hosts: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    return [{"endpoint": {"address": _socket(h, p)}} for h, p in hosts]
+
+
+def _policy(name: str, type_name: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "typed_extension_config": {"name": name, "typed_config": {"@type": _T + type_name, **(config or {})}}
+    }
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def _pool_cluster(options: EnvoyConfigOptions) -> dict[str, Any]:
+    override_host = {
+        "override_host_sources": [
+            {"metadata": {"key": DESTINATION_METADATA_NAMESPACE, "path": [{"key": DESTINATION_HEADER}]}}
+        ],
+        "fallback_policy": {
+            "policies": [
+                _policy(
+                    "envoy.load_balancing_policies.least_request",
+                    "extensions.load_balancing_policies.least_request.v3.LeastRequest",
+                )
+            ]
+        },
+    }
+    return {
+        "name": POOL_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": _seconds(options.connect_timeout_s),
+        "load_balancing_policy": {
+            "policies": [
+                _policy(
+                    "envoy.load_balancing_policies.override_host",
+                    "extensions.load_balancing_policies.override_host.v3.OverrideHost",
+                    override_host,
+                )
+            ]
+        },
+        # Envoy's default allows 3 concurrent retries per cluster: a dead pod's burst would overflow it.
+        "circuit_breakers": {"thresholds": [_thresholds()]},
+        "load_assignment": {
+            "cluster_name": POOL_CLUSTER,
+            "endpoints": [{"lb_endpoints": _lb_endpoints(options.endpoints)}],
+        },
+    }
+
+
+def _thresholds() -> dict[str, Any]:
+    limit = 100_000
+    return {
+        "max_connections": limit,
+        "max_pending_requests": limit,
+        "max_requests": limit,
+        "max_retries": limit,
+    }
+
+
+def _extproc_cluster(options: EnvoyConfigOptions) -> dict[str, Any]:
+    http2 = {
+        "@type": _T + "extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }
+    return {
+        "name": EXTPROC_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": _seconds(options.connect_timeout_s),
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": http2},
+        "circuit_breakers": {"thresholds": [_thresholds()]},
+        "load_assignment": {
+            "cluster_name": EXTPROC_CLUSTER,
+            "endpoints": [{"lb_endpoints": _lb_endpoints([(options.extproc_host, options.extproc_port)])}],
+        },
+    }
+
+
+def _extproc_filter(options: EnvoyConfigOptions) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": _T + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
+            "failure_mode_allow": options.fail_open,
+            "status_on_error": {"code": EXTPROC_ERROR_STATUS},
+            "message_timeout": _seconds(options.message_timeout_s),
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "request_trailer_mode": "SKIP",
+                # Response headers reach epp (the response started); bodies never do, so SSE is not buffered.
+                # epp releases its in-flight count when Envoy closes the stream at the request's end.
+                "response_header_mode": "SEND",
+                "response_body_mode": "NONE",
+                "response_trailer_mode": "SKIP",
+            },
+            # Envoy drops dynamic metadata from ext_proc outside these namespaces.
+            "metadata_options": {"receiving_namespaces": {"untyped": [DESTINATION_METADATA_NAMESPACE]}},
+        },
+    }
+
+
+def _retry_policy(options: EnvoyConfigOptions) -> dict[str, Any]:
+    # Only failures before any response byte: Envoy never retries once response headers went downstream.
+    retry_on = ["connect-failure", "refused-stream", "reset", *options.extra_retry_on]
+    return {
+        "retry_on": ",".join(retry_on),
+        "num_retries": options.num_retries,
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": _T + "extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                },
+            }
+        ],
+        "host_selection_retry_max_attempts": 5,
+    }
+
+
+def _error_json(message: str, type_: str, code: str) -> dict[str, Any]:
+    return {"json_format": {"error": {"message": message, "type": type_, "param": None, "code": code}}}
+
+
+def _local_reply_config() -> dict[str, Any]:
+    """Envoy's own error replies as OpenAI-style JSON; epp's ImmediateResponses (already JSON) are left alone.
+
+    Envoy's upstream failures carry a response flag (UF, UH, URX, ...); a failed ext_proc call has none but
+    answers EXTPROC_ERROR_STATUS, which epp itself never uses.
+    """
+    too_large = {
+        "filter": _status_filter("EQ", 413),
+        "body_format_override": _error_json(
+            "Request body too large.", "invalid_request_error", "body_too_large"
+        ),
+    }
+    picker_failed = {
+        "filter": _status_filter("EQ", EXTPROC_ERROR_STATUS),
+        "body_format_override": _error_json(
+            "The endpoint picker is unavailable.", "service_unavailable", "endpoint_picker_unavailable"
+        ),
+    }
+    upstream_failed = {
+        "filter": {"and_filter": {"filters": [_status_filter("GE", 500), {"response_flag_filter": {}}]}},
+        "body_format_override": _error_json(
+            "The inference gateway could not reach a model server.",
+            "service_unavailable",
+            "upstream_unavailable",
+        ),
+    }
+    return {"mappers": [too_large, picker_failed, upstream_failed]}
+
+
+def _status_filter(op: str, status: int) -> dict[str, Any]:
+    return {"status_code_filter": {"comparison": {"op": op, "value": {"default_value": status}}}}
+
+
+def _listener(options: EnvoyConfigOptions) -> dict[str, Any]:
+    route = {
+        "cluster": POOL_CLUSTER,
+        "timeout": "0s",  # generations can run for minutes; the stream idle timeout still applies
+        "retry_policy": _retry_policy(options),
+    }
+    hcm = {
+        "@type": _T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "epp_gateway",
+        "codec_type": "AUTO",
+        "route_config": {
+            "name": "inference",
+            "virtual_hosts": [
+                {
+                    "name": "pool",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "route": route,
+                            "request_body_buffer_limit": options.max_body_bytes,
+                        }
+                    ],
+                }
+            ],
+        },
+        "http_filters": [
+            _extproc_filter(options),
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": _T + "extensions.filters.http.router.v3.Router"},
+            },
+        ],
+        "local_reply_config": _local_reply_config(),
+    }
+    return {
+        "name": "epp_listener",
+        "address": _socket(options.listen_host, options.listen_port),
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
+
+
+def render_config(options: EnvoyConfigOptions) -> dict[str, Any]:
+    """The Envoy bootstrap (v3) as a dict, ready for YAML or JSON."""
+    if not options.endpoints:
+        raise EnvoyConfigError("the pool has no endpoints (give --endpoints or a StaticEndpoints document)")
+    return {
+        "admin": {"address": _socket(options.admin_host, options.admin_port)},
+        "static_resources": {
+            "listeners": [_listener(options)],
+            "clusters": [_pool_cluster(options), _extproc_cluster(options)],
+        },
+    }
+
+
+def render_yaml(options: EnvoyConfigOptions) -> str:
+    return yaml.safe_dump(render_config(options), sort_keys=False, default_flow_style=False)

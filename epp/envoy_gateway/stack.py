@@ -1,0 +1,228 @@
+"""`EnvoyStack`: `epp serve` plus a real Envoy in front of one pool, for `epp envoy up`, tests and benchmarks.
+
+    with EnvoyStack(["127.0.0.1:8100", "127.0.0.1:8101"]) as stack:
+        httpx.post(f"{stack.base_url}/v1/completions", json=...)
+
+epp serve starts first (ext_proc gRPC port and HTTP port read from its startup line), then Envoy with the
+rendered config; both run in their own process group and are stopped (SIGTERM, then SIGKILL) on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from epp.config import load_config, parse_endpoints
+from epp.envoy_gateway.config import EnvoyConfigOptions, render_yaml, split_endpoint
+from epp.envoy_gateway.processes import Child, StackError, find_envoy_binary
+
+_SERVE_READY = re.compile(r"epp serving: ext_proc grpc [^ ]+:(\d+), http [^ ]+:(\d+)")
+
+
+@dataclass
+class StackOptions:
+    """What `epp envoy up` was asked for; ports 0 pick free ports."""
+
+    endpoints: str | None = None  # "host:port,..." added to the config's StaticEndpoints
+    config_paths: Sequence[str] = ()
+    strategy: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 0  # Envoy's listener
+    grpc_port: int = 0  # epp's ext_proc server
+    fail_open: bool | None = None  # None: the pool's extensionRef.failureMode (FailOpen), else fail closed
+    fallback_endpoints: int = 2  # extra addresses epp lists for Envoy's retries
+    num_retries: int = 2
+    envoy_concurrency: int | None = None  # Envoy worker threads (default: one per core)
+    envoy_log_level: str = "warning"
+    wait_for_pods: bool = True  # start() also waits for epp's /readyz (a pod scraped), not only for startup
+    serve_args: Sequence[str] = field(default_factory=tuple)  # more `epp serve` flags, e.g. ("--seed", "1")
+    startup_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class ResolvedPool:
+    endpoints: list[tuple[str, int]]  # (IP, port)
+    fail_open: bool
+
+
+def resolve_pool(options: StackOptions) -> ResolvedPool:
+    """The pool's pods (the configs' StaticEndpoints, then --endpoints) and its failure mode.
+
+    Raises ConfigError for a bad config, EnvoyConfigError for an endpoint Envoy cannot use."""
+    config = load_config([Path(p) for p in options.config_paths], dict(os.environ), strategy=options.strategy)
+    endpoints = list(config.static_endpoints)
+    if options.endpoints:
+        endpoints += parse_endpoints(options.endpoints)
+    fail_open = options.fail_open
+    if fail_open is None:
+        ref = config.pool.spec.extension_ref if config.pool is not None else None
+        fail_open = ref is not None and ref.failure_mode == "FailOpen"  # GIE's default is FailClose
+    return ResolvedPool([split_endpoint(e.address) for e in endpoints], fail_open)
+
+
+class EnvoyStack:
+    """epp serve + Envoy for one pool. `base_url` is Envoy's listener (OpenAI API under /v1)."""
+
+    def __init__(
+        self, endpoints: Sequence[str] | str | None = None, options: StackOptions | None = None
+    ) -> None:
+        opts = options or StackOptions()
+        if endpoints is not None:
+            text = endpoints if isinstance(endpoints, str) else ",".join(endpoints)
+            opts = StackOptions(**{**opts.__dict__, "endpoints": text})
+        self.options = opts
+        self.pool = ResolvedPool([], False)
+        self.epp: Child | None = None
+        self.envoy: Child | None = None
+        self.grpc_port = 0
+        self.epp_http_port = 0
+        self.port = 0
+        self.admin_url = ""
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{_url_host(self.options.host)}:{self.port}"
+
+    @property
+    def epp_url(self) -> str:
+        """epp serve's HTTP side (/metrics, /readyz, /pick)."""
+        return f"http://127.0.0.1:{self.epp_http_port}"
+
+    def start(self) -> None:
+        self.pool = resolve_pool(self.options)
+        self._dir = tempfile.TemporaryDirectory(prefix="epp-envoy-")
+        try:
+            deadline = time.monotonic() + self.options.startup_timeout_s
+            self._start_epp(deadline)
+            self._start_envoy(deadline)
+            if self.options.wait_for_pods:
+                self._wait_epp_ready(deadline)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_epp(self, deadline: float) -> None:
+        opts = self.options
+        argv = [sys.executable, "-m", "epp.cli", "serve", "--host", "127.0.0.1"]
+        argv += ["--grpc-port", str(opts.grpc_port), "--http-port", "0"]
+        argv += ["--fallback-endpoints", str(opts.fallback_endpoints)]
+        for path in opts.config_paths:
+            argv += ["--config", str(path)]
+        if opts.endpoints:
+            argv += ["--endpoints", opts.endpoints]
+        if opts.strategy:
+            argv += ["--strategy", opts.strategy]
+        argv += list(opts.serve_args)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.epp = Child("epp serve", argv, self._path("epp-serve.log"), env)
+        found = self.epp.wait_for_log(_SERVE_READY, deadline)
+        self.grpc_port, self.epp_http_port = int(found.group(1)), int(found.group(2))
+
+    def _start_envoy(self, deadline: float) -> None:
+        opts = self.options
+        config = EnvoyConfigOptions(
+            endpoints=self.pool.endpoints,
+            extproc_port=self.grpc_port,
+            listen_host=opts.host,
+            listen_port=opts.port,
+            fail_open=self.pool.fail_open,
+            num_retries=opts.num_retries,
+        )
+        config_path = self._path("envoy.yaml")
+        config_path.write_text(render_yaml(config), "utf-8")
+        admin_path = self._path("admin-address")
+        argv = [find_envoy_binary(), "-c", str(config_path), "--admin-address-path", str(admin_path)]
+        argv += ["--disable-hot-restart", "--log-level", opts.envoy_log_level]
+        if opts.envoy_concurrency:
+            argv += ["--concurrency", str(opts.envoy_concurrency)]
+        self.envoy = Child("envoy", argv, self._path("envoy.log"))
+        envoy = self.envoy
+        while not (admin_path.exists() and admin_path.read_text().strip()):
+            if not envoy.alive():
+                raise envoy.failure("exited during startup")
+            if time.monotonic() > deadline:
+                raise envoy.failure("did not write its admin address in time")
+            time.sleep(0.02)
+        self.admin_url = f"http://{admin_path.read_text().strip()}"
+        with httpx.Client(trust_env=False, timeout=2.0) as client:
+            while True:
+                try:
+                    if client.get(f"{self.admin_url}/ready").status_code == 200:
+                        listeners = client.get(
+                            f"{self.admin_url}/listeners", params={"format": "json"}
+                        ).json()
+                        break
+                except httpx.TransportError:
+                    pass
+                if not envoy.alive():
+                    raise envoy.failure("exited during startup")
+                if time.monotonic() > deadline:
+                    raise envoy.failure("did not become ready in time")
+                time.sleep(0.02)
+        address = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+        self.port = int(address["port_value"])
+
+    def _wait_epp_ready(self, deadline: float) -> None:
+        assert self.epp is not None
+        with httpx.Client(trust_env=False, timeout=2.0) as client:
+            while True:
+                try:
+                    if client.get(f"{self.epp_url}/readyz").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if not self.epp.alive():
+                    raise self.epp.failure("exited during startup")
+                if time.monotonic() > deadline:
+                    raise StackError(
+                        f"no pod of {self.options.endpoints or 'the pool'} became schedulable in time"
+                    )
+                time.sleep(0.02)
+
+    def _path(self, name: str) -> Path:
+        assert self._dir is not None
+        return Path(self._dir.name) / name
+
+    def failed_child(self) -> Child | None:
+        """The first process of the stack that is no longer running, if any."""
+        for child in (self.epp, self.envoy):
+            if child is not None and not child.alive():
+                return child
+        return None
+
+    def stop(self) -> None:
+        """Stop Envoy first (no new requests reach epp), then epp."""
+        for child in (self.envoy, self.epp):
+            if child is not None:
+                child.stop()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> EnvoyStack:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+__all__ = ["EnvoyStack", "ResolvedPool", "StackError", "StackOptions", "resolve_pool"]

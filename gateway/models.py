@@ -1,0 +1,106 @@
+"""The models the pool serves: the union of the pods' /v1/models, plus InferenceModel names and LoRA adapters.
+
+Pods are asked on demand and the answer is cached for `ttl_s`; a model that is not in the cache triggers one
+early refresh (at most every `min_refresh_s`), so an adapter loaded a moment ago is found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Container
+from typing import Any
+
+import httpx
+import orjson
+
+from epp.datastore import Datastore, Endpoint
+
+logger = logging.getLogger(__name__)
+
+
+class ModelCatalog:
+    """Answers "is this model served?" and GET /v1/models for the whole pool."""
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        client: httpx.AsyncClient,
+        inference_models: Container[str] = frozenset(),
+        ttl_s: float = 2.0,
+        min_refresh_s: float = 0.25,
+        timeout_s: float = 2.0,
+    ) -> None:
+        self._datastore = datastore
+        self._client = client
+        self._inference_models = inference_models
+        self._ttl_s = ttl_s
+        self._min_refresh_s = min_refresh_s
+        self._timeout_s = timeout_s
+        self._models: list[dict[str, Any]] = []
+        self._ids: set[str] = set()
+        self._answered = False  # at least one pod answered the last refresh
+        self._refreshed_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def refresh(self, max_age_s: float = 0.0) -> None:
+        """Ask every pod for its models unless the cache is at most `max_age_s` old; the union replaces the
+        cache (the first pod's entry of an id wins). Concurrent callers share one refresh."""
+        async with self._lock:
+            if self._age() <= max_age_s:
+                return
+            endpoints = self._datastore.endpoints()
+            answers = await asyncio.gather(*(self._fetch(e) for e in endpoints))
+            models: list[dict[str, Any]] = []
+            ids: set[str] = set()
+            for answer in answers:
+                for entry in answer or ():
+                    model_id = entry.get("id")
+                    if isinstance(model_id, str) and model_id not in ids:
+                        ids.add(model_id)
+                        models.append(entry)
+            self._models, self._ids = models, ids
+            self._answered = any(a is not None for a in answers)
+            self._refreshed_at = time.monotonic()
+
+    async def _fetch(self, endpoint: Endpoint) -> list[dict[str, Any]] | None:
+        try:
+            response = await self._client.get(f"{endpoint.base_url}/v1/models", timeout=self._timeout_s)
+            response.raise_for_status()
+            data = orjson.loads(response.content).get("data")
+        except (httpx.HTTPError, orjson.JSONDecodeError, AttributeError) as exc:
+            logger.debug("models of %s unavailable: %r", endpoint.name, exc)
+            return None
+        if not isinstance(data, list):
+            return None
+        return [entry for entry in data if isinstance(entry, dict)]
+
+    def _age(self) -> float:
+        return time.monotonic() - self._refreshed_at
+
+    async def listing(self) -> dict[str, Any] | None:
+        """The OpenAI `list` object of the pool's models; None when no pod answered."""
+        await self.refresh(self._ttl_s)
+        if not self._answered:
+            return None
+        return {"object": "list", "data": list(self._models)}
+
+    async def is_served(self, model: str) -> bool:
+        """False only when pods answered and none serves `model` (nor an InferenceModel or adapter names it).
+
+        When no pod can say, the model is given the benefit of the doubt: scheduling then decides.
+        """
+        if self._known(model):
+            return True
+        await self.refresh(self._min_refresh_s)
+        return self._known(model) or not self._answered
+
+    def _known(self, model: str) -> bool:
+        if model in self._ids or model in self._inference_models:
+            return True
+        for state in self._datastore.states():
+            m = state.metrics
+            if m is not None and (model in m.running_loras or model in m.waiting_loras):
+                return True
+        return False

@@ -1,0 +1,104 @@
+"""The request path as a list of stages: parse -> check model -> schedule -> forward.
+
+Each stage reads and fills the RequestContext; the first stage that returns a Reply ends the pipeline (the
+forward stage always does; a cache or a router stage would slot in before scheduling the same way). A stage
+refuses a request by raising RequestError or SchedulingError, which become OpenAI-style JSON errors. The
+record step runs after the reply has been sent, outside the pipeline (gateway/record.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+from epp.picking import PickService
+from epp.request import RequestError
+from epp.scheduling.types import SchedulingError
+from gateway.context import OUTCOME_REFUSED, Reply, RequestContext, error_json
+from gateway.models import ModelCatalog
+
+logger = logging.getLogger(__name__)
+
+
+class Stage(Protocol):
+    """One step of the request path; returns a Reply to answer the request, or None to go on."""
+
+    name: str
+
+    async def run(self, ctx: RequestContext) -> Reply | None: ...
+
+
+class Pipeline:
+    """Runs the stages in order; never raises except for cancellation."""
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        if not stages:
+            raise ValueError("a pipeline needs at least one stage")
+        self.stages = list(stages)
+
+    async def run(self, ctx: RequestContext) -> Reply:
+        for stage in self.stages:
+            try:
+                reply = await stage.run(ctx)
+            except (RequestError, SchedulingError) as exc:
+                ctx.result = OUTCOME_REFUSED
+                return error_json(exc)
+            except Exception as exc:
+                logger.exception("stage %s failed for request_id=%s", stage.name, ctx.request_id)
+                ctx.result = OUTCOME_REFUSED
+                return error_json(exc)
+            if reply is not None:
+                return reply
+        logger.error("no stage answered request_id=%s", ctx.request_id)
+        ctx.result = OUTCOME_REFUSED
+        return error_json(RuntimeError("no stage answered"))
+
+
+class ParseStage:
+    """Parse the OpenAI request (model, prompt, InferenceModel rewrite) with the pick service's parser."""
+
+    name = "parse"
+
+    def __init__(self, service: PickService) -> None:
+        self._service = service
+
+    async def run(self, ctx: RequestContext) -> Reply | None:
+        ctx.request, ctx.rewritten_body = self._service.parse(ctx.body, ctx.headers, ctx.path)
+        stream = ctx.request.body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise RequestError(400, "`stream` must be a boolean.", param="stream")
+        ctx.stream = stream
+        return None
+
+
+class ModelCheckStage:
+    """404 for a model that no pod serves and no InferenceModel or LoRA adapter names."""
+
+    name = "check_model"
+
+    def __init__(self, catalog: ModelCatalog) -> None:
+        self._catalog = catalog
+
+    async def run(self, ctx: RequestContext) -> Reply | None:
+        assert ctx.request is not None, "parse runs first"
+        model = ctx.request.model
+        if not await self._catalog.is_served(model):
+            raise RequestError(
+                404, f"The model `{model}` does not exist.", param="model", code="model_not_found"
+            )
+        return None
+
+
+class ScheduleStage:
+    """Pick the pod (429 when shed, 503 when none fits); the decision is recorded by the pick service."""
+
+    name = "schedule"
+
+    def __init__(self, service: PickService) -> None:
+        self._service = service
+
+    async def run(self, ctx: RequestContext) -> Reply | None:
+        assert ctx.request is not None, "parse runs first"
+        ctx.outcome = self._service.schedule(ctx.request, ctx.rewritten_body, ctx.started)
+        return None

@@ -1,0 +1,52 @@
+"""The record step: once a request is over, count it in the metrics and write one access log line.
+
+The access log never includes headers or bodies (they may carry API keys or private prompts).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gateway.context import OUTCOME_CLIENT_GONE, RequestContext
+from gateway.metrics import GatewayMetrics
+
+access_logger = logging.getLogger("gateway.access")
+
+CLIENT_CLOSED = 499  # status recorded when the client left before any answer (nginx's convention)
+
+
+class RequestRecorder:
+    """Records finished requests for one strategy."""
+
+    def __init__(self, metrics: GatewayMetrics, strategy: str) -> None:
+        self._metrics = metrics
+        self._strategy = strategy
+
+    def record(self, ctx: RequestContext, total_s: float) -> None:
+        status = ctx.status if ctx.status is not None else CLIENT_CLOSED
+        pod = ctx.endpoint.name if ctx.endpoint is not None else ""
+        m = self._metrics
+        m.requests.labels(route=ctx.path, status=str(status), endpoint=pod, result=ctx.result).inc()
+        m.duration.labels(route=ctx.path, strategy=self._strategy).observe(total_s)
+        ok = 200 <= status < 300 and ctx.result != OUTCOME_CLIENT_GONE
+        if ok and ctx.first_byte_s is not None:
+            m.ttft.labels(route=ctx.path, strategy=self._strategy).observe(ctx.first_byte_s)
+        if not access_logger.isEnabledFor(logging.INFO):
+            return
+        ratio = ctx.outcome.result.prefix_match_ratio if ctx.outcome is not None else None
+        access_logger.info(
+            "request_id=%s route=%s model=%s stream=%s status=%d result=%s endpoint=%s attempts=%d "
+            "strategy=%s prefix_match_ratio=%s ttft_ms=%s total_ms=%.1f",
+            ctx.request_id,
+            ctx.path,
+            ctx.request.model if ctx.request is not None else "-",
+            ctx.stream,
+            status,
+            ctx.result,
+            pod or "-",
+            ctx.attempts,
+            self._strategy,
+            "-" if ratio is None else f"{ratio:.3f}",
+            "-" if ctx.first_byte_s is None else f"{ctx.first_byte_s * 1000:.1f}",
+            total_s * 1000,
+        )
