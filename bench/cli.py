@@ -1,4 +1,4 @@
-"""`epp bench multi-round-qa` (production-stack compatible load generator) and `epp demo`."""
+"""`epp bench multi-round-qa` (production-stack compatible load), `epp bench compare` and `epp demo`."""
 
 from __future__ import annotations
 
@@ -11,14 +11,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from bench.compare.cli import COMPARE_DESCRIPTION, add_compare_arguments, run_compare
 from bench.demo import add_demo_arguments, run_demo
 from bench.multi_round_qa import BenchConfig, format_summary, run_benchmark
+from bench.multi_round_qa.args import add_workload_arguments, workload_fields
 from bench.multi_round_qa.config import parse_base_urls
-from bench.multi_round_qa.sharegpt import DEFAULT_SAMPLE, ShareGPTError
+from bench.multi_round_qa.sharegpt import ShareGPTError
 
 
 def register(subparsers: Any) -> None:
-    """Add `bench` (with `multi-round-qa`) and `demo` to the `epp` command."""
+    """Add `bench` (with `multi-round-qa` and `compare`) and `demo` to the `epp` command."""
     bench = subparsers.add_parser("bench", help="Benchmarks against OpenAI-compatible servers")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
     mrqa = bench_sub.add_parser(
@@ -29,40 +31,27 @@ def register(subparsers: Any) -> None:
     add_multi_round_qa_arguments(mrqa)
     mrqa.set_defaults(func=run_multi_round_qa)
 
+    compare = bench_sub.add_parser(
+        "compare",
+        help="Compare routing strategies on the same multi-round QA workload (fresh simulated fleet each)",
+        description=COMPARE_DESCRIPTION,
+    )
+    add_compare_arguments(compare)
+    compare.set_defaults(func=run_compare)
+
     demo = subparsers.add_parser("demo", help="Run a short multi-round QA load against a simulated fleet")
     add_demo_arguments(demo)
     demo.set_defaults(func=run_demo)
 
 
 def add_multi_round_qa_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-users", type=int, required=True, help="Active users in the steady state")
-    p.add_argument("--num-rounds", type=int, required=True, help="Questions each user asks")
-    p.add_argument("--qps", type=float, required=True, help="Overall request rate (per simulated second)")
-    p.add_argument("--shared-system-prompt", type=int, required=True, help="Shared system prompt (tokens)")
-    p.add_argument("--user-history-prompt", type=int, required=True, help="Per-user history prompt (tokens)")
-    p.add_argument("--answer-len", type=int, required=True, help="Answer length (tokens), sent as max_tokens")
+    add_workload_arguments(p)
     p.add_argument("--model", required=True, help="Model name sent in each request")
     p.add_argument(
         "--base-url",
         required=True,
         help="OpenAI base URL such as http://127.0.0.1:8000/v1; a comma-separated list is used in turn",
     )
-    p.add_argument("--api-key", default="EMPTY", help="Bearer token (default: EMPTY)")
-    p.add_argument("--time", type=float, help="Seconds (simulated) to launch requests for; default: until ^C")
-    p.add_argument(
-        "--sharegpt",
-        nargs="?",
-        type=Path,
-        const=DEFAULT_SAMPLE,
-        help="Take questions from a ShareGPT JSON file (the shipped generated sample when no path is given)",
-    )
-    p.add_argument("--init-user-id", type=int, default=0, help="Id of the first user")
-    p.add_argument(
-        "--request-with-user-id",
-        action="store_true",
-        help="Send the user id in the request (`user` field and x-user-id header)",
-    )
-    p.add_argument("--log-interval", type=float, default=30.0, help="Seconds (simulated) between summaries")
     p.add_argument("--output", type=Path, default=Path("summary.csv"), help="Per-request CSV file")
     p.add_argument("--seed", type=int, default=0, help="Seed of the generated prompt texts")
     p.add_argument(
@@ -71,32 +60,17 @@ def add_multi_round_qa_arguments(p: argparse.ArgumentParser) -> None:
         default=1.0,
         help="Simulated seconds per wall second of the target (a simulator's --time-scale); default 1",
     )
-    p.add_argument("--request-timeout", type=float, default=600.0, help="Wall s to connect or await a chunk")
-    p.add_argument("--no-progress", action="store_true", help="Do not show the progress bar")
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """The BenchConfig of parsed `multi-round-qa` arguments; ValueError/ValidationError when invalid."""
     return BenchConfig(
-        num_users=args.num_users,
-        num_rounds=args.num_rounds,
-        qps=args.qps,
-        shared_system_prompt=args.shared_system_prompt,
-        user_history_prompt=args.user_history_prompt,
-        answer_len=args.answer_len,
+        **workload_fields(args),
         model=args.model,
         base_urls=parse_base_urls(args.base_url),
-        time=args.time,
-        sharegpt=args.sharegpt,
-        init_user_id=args.init_user_id,
-        request_with_user_id=args.request_with_user_id,
-        log_interval=args.log_interval,
         output=args.output,
         seed=args.seed,
         time_scale=args.time_scale,
-        api_key=args.api_key,
-        request_timeout=args.request_timeout,
-        show_progress=not args.no_progress,
     )
 
 

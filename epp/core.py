@@ -17,6 +17,7 @@ from epp.metrics import EppMetrics
 from epp.picking import PickService
 from epp.scheduling.builder import build_scheduler
 from epp.scheduling.plugins import PluginConfigError
+from metrics_scraper.fetch import AiohttpFetcher
 from metrics_scraper.scraper import Scraper
 from scorers.builtin import default_registry
 
@@ -58,22 +59,23 @@ class PickerCore:
             scheduler, self.datastore, resolver, self.metrics, self.rng, config.strategy_name
         )
         self._scraper: Scraper | None = None
-        self._own_client: httpx.AsyncClient | None = None
+        self._own_fetcher: AiohttpFetcher | None = None
 
     def start_scraping(
         self, interval_s: float, timeout_s: float, client: httpx.AsyncClient | None = None
     ) -> None:
         """Scrape every endpoint's /metrics; `client` (owned by the caller) defaults to one of our own."""
         if client is None:
-            # trust_env=False: pods are reached directly, never through an HTTP(S)_PROXY from the environment.
-            client = self._own_client = httpx.AsyncClient(trust_env=False, timeout=timeout_s)
-        self._scraper = Scraper(self.datastore, client, interval_s, timeout_s, observer=self.metrics)
+            self._own_fetcher = AiohttpFetcher()
+        source = client if client is not None else self._own_fetcher
+        assert source is not None
+        self._scraper = Scraper(self.datastore, source, interval_s, timeout_s, observer=self.metrics)
         self._scraper.start()
 
     async def stop_scraping(self) -> None:
         if self._scraper is not None:
             await self._scraper.stop()
             self._scraper = None
-        if self._own_client is not None:
-            await self._own_client.aclose()
-            self._own_client = None
+        if self._own_fetcher is not None:
+            await self._own_fetcher.close()
+            self._own_fetcher = None

@@ -73,6 +73,7 @@ class EndpointState:
     in_flight: int = 0
     last_error: str | None = None
     consecutive_failures: int = 0
+    unreachable: bool = False  # last scrape failed outright (refused, reset, HTTP error), not by timing out
     listeners: list[EndpointListener] = field(default_factory=list, repr=False)
 
 
@@ -127,13 +128,16 @@ class Datastore:
         state.metrics = snapshot
         state.last_error = None
         state.consecutive_failures = 0
+        state.unreachable = False
 
-    def record_scrape_failure(self, name: str, error: str) -> None:
+    def record_scrape_failure(self, name: str, error: str, timed_out: bool = False) -> None:
+        """A scrape failed; `timed_out` tells a slow pod from one that could not be reached at all."""
         state = self._states.get(name)
         if state is None:
             return
         state.last_error = error
         state.consecutive_failures += 1
+        state.unreachable = not timed_out
 
     def is_schedulable(self, state: EndpointState, now: float | None = None) -> bool:
         """Fresh metrics and the last scrape succeeded."""
@@ -142,8 +146,15 @@ class Datastore:
         return state.metrics.age(now) <= self.staleness_s
 
     def schedulable(self, now: float | None = None) -> list[EndpointState]:
+        """Endpoints with fresh metrics; when none has, those that were scraped before and are only slow.
+
+        The fallback is like Envoy's panic mode: when every pod is so loaded that its /metrics answers late,
+        routing on the last metrics serves requests that a 503 would lose. A pod whose last scrape was
+        refused, reset or answered with an HTTP error is never in it.
+        """
         now = time.monotonic() if now is None else now
-        return [s for s in self._states.values() if self.is_schedulable(s, now)]
+        fresh = [s for s in self._states.values() if self.is_schedulable(s, now)]
+        return fresh or [s for s in self._states.values() if s.metrics is not None and not s.unreachable]
 
     # -- in-flight accounting ----------------------------------------------
     def acquire(self, name: str) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import os
 import sys
 from typing import TYPE_CHECKING
 
+from epp import event_loop
 from epp.config.routing_strategy import RoutingStrategy
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         return 2
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(gateway.run(on_ready=_announce))
+            event_loop.run(gateway.run(on_ready=_announce))
     except OSError as exc:  # e.g. the port is in use
         print(f"epp gateway: {exc}", file=sys.stderr)
         return 1

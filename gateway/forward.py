@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-import httpx
+import aiohttp
 
 from epp.datastore import Datastore, Endpoint
 from gateway.asgi import Headers, error_body
@@ -39,17 +39,7 @@ _HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
-_RESPONSE_DROPPED = _HOP_BY_HOP | {"date", "server"}
-
-# Failures that happen before the pod sent a byte of its response: safe to send the request elsewhere.
-_RETRYABLE = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.RemoteProtocolError,
-    httpx.ReadError,
-    httpx.WriteError,
-    httpx.WriteTimeout,
-)
+_RESPONSE_DROPPED = frozenset(name.encode() for name in _HOP_BY_HOP | {"date", "server"})
 
 
 class UpstreamAborted(Exception):
@@ -64,25 +54,71 @@ class ForwardObserver(Protocol):
     def on_retry(self) -> None: ...
 
 
+class UpstreamPool:
+    """The keep-alive connections to the pods (aiohttp: its connection pool stays cheap with many
+    connections, where httpx's re-checks every pooled connection on each request).
+
+    `open()` inside the running event loop before the first request; `close()` at shutdown.
+    """
+
+    def __init__(
+        self, connect_timeout_s: float, read_timeout_s: float, max_connections: int, keepalive_s: float = 4.0
+    ) -> None:
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=read_timeout_s, sock_connect=connect_timeout_s, sock_read=read_timeout_s
+        )
+        self._max_connections = max_connections
+        # Below uvicorn's 5 s idle timeout (vLLM, the simulator): a connection the pod is closing just as a
+        # request goes out would otherwise fail that request's first attempt and mark a healthy pod failed.
+        self._keepalive_s = keepalive_s
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "UpstreamPool.open() first"
+        return self._session
+
+    async def open(self) -> None:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, limit_per_host=0, keepalive_timeout=self._keepalive_s
+            )
+            # A proxy: no cookies kept between clients, bodies relayed as the pod encoded them, no proxy
+            # settings from the environment, and no default headers beyond what the client sent.
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                trust_env=False,
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+            )
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
 class UpstreamReply:
     """A pod's response: its status and headers, and its body chunks as they arrive (raw, not decoded)."""
 
-    def __init__(self, response: httpx.Response, ctx: RequestContext, endpoint: Endpoint) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, ctx: RequestContext, endpoint: Endpoint) -> None:
         self._response = response
         self._ctx = ctx
-        self.status = response.status_code
+        self.status = response.status
         self.headers: Headers = [
-            (k, v) for k, v in response.headers.raw if k.decode("latin-1").lower() not in _RESPONSE_DROPPED
+            (k, v) for k, v in response.raw_headers if k.lower() not in _RESPONSE_DROPPED
         ]
         self.headers.append((ENDPOINT_HEADER, endpoint.name.encode()))
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._response.aiter_raw():
+            async for chunk in self._response.content.iter_any():
                 if chunk:
                     self._ctx.mark_first_byte()
                     yield chunk
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamAborted(repr(exc)) from exc
 
 
@@ -93,12 +129,12 @@ class ForwardStage:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        pool: UpstreamPool,
         datastore: Datastore,
         observer: ForwardObserver,
         max_attempts: int = 2,
     ) -> None:
-        self._client = client
+        self._pool = pool
         self._datastore = datastore
         self._observer = observer
         self._max_attempts = max_attempts
@@ -107,37 +143,45 @@ class ForwardStage:
         assert ctx.outcome is not None, "schedule runs first"
         endpoint: Endpoint | None = ctx.outcome.result.endpoint
         headers = {k: v for k, v in ctx.headers.items() if k not in _HOP_BY_HOP}
+        session = self._pool.session
         while endpoint is not None:
             ctx.attempts += 1
             ctx.endpoint = endpoint
             name = endpoint.name
-            request = self._client.build_request(
-                "POST", f"{endpoint.base_url}{ctx.path}", content=ctx.upstream_body, headers=headers
-            )
             self._datastore.acquire(name)
             try:
-                response = await self._client.send(request, stream=True)
-            except _RETRYABLE as exc:
+                response = await session.request(
+                    "POST",
+                    f"{endpoint.base_url}{ctx.path}",
+                    data=ctx.upstream_body,
+                    headers=headers,
+                    allow_redirects=False,
+                )
+            except aiohttp.ServerTimeoutError as exc:
                 self._datastore.release(name)
-                self._mark_failed(ctx, endpoint, exc)
-                endpoint = self._next_best(ctx) if ctx.attempts < self._max_attempts else None
-                if endpoint is not None:
-                    self._observer.on_retry()
-                continue
-            except httpx.TimeoutException as exc:  # read or pool timeout: the pod may be working on it
-                self._datastore.release(name)
+                if isinstance(exc, aiohttp.ConnectionTimeoutError):  # never connected: try elsewhere
+                    endpoint = self._failed_before_answer(ctx, endpoint, exc)
+                    continue
+                # No answer in time after the request went out: the pod may be working on it.
                 self._observer.on_upstream_failure(name, type(exc).__name__)
                 ctx.result = OUTCOME_UPSTREAM_FAILED
                 return BytesReply(
                     504, error_body(504, "The model server did not answer in time.", "timeout", "api_error")
                 )
+            except aiohttp.ClientError as exc:  # refused, reset or closed before any response byte
+                self._datastore.release(name)
+                endpoint = self._failed_before_answer(ctx, endpoint, exc)
+                continue
             except BaseException:
                 self._datastore.release(name)
                 raise
 
-            async def finish(response: httpx.Response = response, name: str = name) -> None:
+            async def finish(response: aiohttp.ClientResponse = response, name: str = name) -> None:
                 try:
-                    await response.aclose()
+                    if response.content.is_eof():
+                        response.release()  # the whole body was read: the connection is reused
+                    else:
+                        response.close()  # cut short: the connection cannot carry another request
                 finally:
                     self._datastore.release(name)
 
@@ -146,6 +190,16 @@ class ForwardStage:
         ctx.result = OUTCOME_UPSTREAM_FAILED
         message = f"No model server could be reached ({ctx.attempts} tried)."
         return BytesReply(502, error_body(502, message, "upstream_unavailable", "api_error"))
+
+    def _failed_before_answer(
+        self, ctx: RequestContext, endpoint: Endpoint, exc: Exception
+    ) -> Endpoint | None:
+        """Mark `endpoint` failed; the next pod to try, if any attempts are left."""
+        self._mark_failed(ctx, endpoint, exc)
+        following = self._next_best(ctx) if ctx.attempts < self._max_attempts else None
+        if following is not None:
+            self._observer.on_retry()
+        return following
 
     def _mark_failed(self, ctx: RequestContext, endpoint: Endpoint, exc: Exception) -> None:
         reason = type(exc).__name__

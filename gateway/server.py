@@ -22,7 +22,7 @@ from epp.datastore import Endpoint
 from epp.embedded_http import EmbeddedServer
 from epp.servers.http import DEFAULT_MAX_BODY_BYTES
 from gateway.app import GatewayApp
-from gateway.forward import ForwardStage
+from gateway.forward import ForwardStage, UpstreamPool
 from gateway.metrics import GatewayMetrics
 from gateway.models import ModelCatalog
 from gateway.pipeline import ModelCheckStage, ParseStage, Pipeline, ScheduleStage
@@ -67,19 +67,14 @@ class Gateway:
         self.datastore = self.core.datastore
         registry = self.core.metrics.registry
         self.metrics = GatewayMetrics(registry)
+        # Inference requests go through `upstream`; `client` only serves the rare /v1/models lookups.
         # trust_env=False: pods are reached directly, never through an HTTP(S)_PROXY from the environment.
         self.client = httpx.AsyncClient(
             trust_env=False,
-            timeout=httpx.Timeout(
-                connect=options.connect_timeout_s,
-                read=options.read_timeout_s,
-                write=options.read_timeout_s,
-                pool=options.read_timeout_s,
-            ),
-            limits=httpx.Limits(
-                max_connections=options.max_connections,
-                max_keepalive_connections=options.max_connections,
-            ),
+            timeout=httpx.Timeout(options.read_timeout_s, connect=options.connect_timeout_s),
+        )
+        self.upstream = UpstreamPool(
+            options.connect_timeout_s, options.read_timeout_s, options.max_connections
         )
         self.catalog = ModelCatalog(self.datastore, self.client, config.models)
         service = self.core.service
@@ -88,7 +83,7 @@ class Gateway:
                 ParseStage(service),
                 ModelCheckStage(self.catalog),
                 ScheduleStage(service),
-                ForwardStage(self.client, self.datastore, self.metrics),
+                ForwardStage(self.upstream, self.datastore, self.metrics),
             ]
         )
         self.app = GatewayApp(
@@ -112,6 +107,7 @@ class Gateway:
     async def start(self) -> None:
         """Start scraping and serving; sets `port` to the bound port."""
         opts = self.options
+        await self.upstream.open()
         self.core.start_scraping(opts.scrape_interval_s, opts.scrape_timeout_s)
         self.port = await self._server.start()
         logger.info(
@@ -128,6 +124,7 @@ class Gateway:
         """Stop serving (in-flight requests get a short grace period), scraping, upstream connections."""
         await self._server.stop()
         await self.core.stop_scraping()
+        await self.upstream.close()
         await self.client.aclose()
 
     def request_stop(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Protocol
@@ -17,6 +18,7 @@ from typing import Protocol
 import httpx
 
 from epp.datastore import Datastore, Endpoint, MetricsSnapshot
+from metrics_scraper.fetch import FetchError, HttpxFetcher, MetricsFetcher
 from metrics_scraper.vllm_mapping import ScrapeError, VllmMetricsParser
 
 logger = logging.getLogger(__name__)
@@ -38,26 +40,31 @@ class ScrapeObserver(Protocol):
 class Scraper:
     """Scrapes `http://host:port/metrics` of every datastore endpoint every `interval_s`.
 
-    `client` is owned by the caller; its connection pool limits bound how many pods can be scraped at once.
+    `client` (an httpx client or a MetricsFetcher) is owned by the caller; its connection pool limits bound
+    how many pods can be scraped at once.
     `timeout_s` bounds a whole scrape (connect, send, read the full body).
     """
 
     def __init__(
         self,
         datastore: Datastore,
-        client: httpx.AsyncClient,
+        client: httpx.AsyncClient | MetricsFetcher,
         interval_s: float = 0.05,
         timeout_s: float = 0.5,
         observer: ScrapeObserver | None = None,
     ) -> None:
         self.datastore = datastore
-        self.client = client
+        self.fetcher: MetricsFetcher = (
+            HttpxFetcher(client) if isinstance(client, httpx.AsyncClient) else client
+        )
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.observer = observer
         self._parser = VllmMetricsParser()
         self._tasks: dict[str, tuple[Endpoint, asyncio.Task[None]]] = {}
         self._failing: dict[str, bool] = {}  # last known state per endpoint, to log only changes
+        # Per endpoint, the last good body and its snapshot: an unchanged body (an idle pod) is not re-parsed.
+        self._last_good: dict[str, tuple[bytes, MetricsSnapshot]] = {}
         self._run_task: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------------
@@ -105,6 +112,7 @@ class Scraper:
                 del self._tasks[name]
                 if name not in wanted:
                     self._failing.pop(name, None)
+                self._last_good.pop(name, None)
         for name, endpoint in wanted.items():
             if name not in self._tasks:
                 task = asyncio.create_task(self._scrape_forever(endpoint), name=f"scrape-{name}")
@@ -132,19 +140,17 @@ class Scraper:
         started = time.monotonic()
         snapshot: MetricsSnapshot | None = None
         error: str | None = None
+        timed_out = False
         try:
             async with asyncio.timeout(self.timeout_s):
-                response = await self.client.get(f"{endpoint.base_url}/metrics")
-            if response.status_code != 200:
-                raise ScrapeError(f"HTTP {response.status_code}")
-            snapshot = self._parser.parse(
-                response.content.decode("utf-8", errors="replace"), scraped_at=time.monotonic()
-            )
+                status, body = await self.fetcher.get(f"{endpoint.base_url}/metrics")
+            if status != 200:
+                raise ScrapeError(f"HTTP {status}")
+            snapshot = self._snapshot(endpoint.name, body)
         except TimeoutError:
             error = f"timed out after {self.timeout_s:g}s"
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        except ScrapeError as exc:
+            timed_out = True
+        except (FetchError, ScrapeError) as exc:
             error = str(exc)
         duration = time.monotonic() - started
         # The endpoint may have been removed or replaced (same name, new address) while we were waiting.
@@ -155,11 +161,20 @@ class Scraper:
             self.datastore.update_metrics(endpoint.name, snapshot)
         else:
             assert error is not None
-            self.datastore.record_scrape_failure(endpoint.name, error)
+            self.datastore.record_scrape_failure(endpoint.name, error, timed_out=timed_out)
         self._log_outcome(endpoint, error)
         if self.observer is not None:
             self.observer.on_scrape(endpoint.name, snapshot is not None, duration, snapshot, error)
         return snapshot is not None
+
+    def _snapshot(self, name: str, body: bytes) -> MetricsSnapshot:
+        now = time.monotonic()
+        last = self._last_good.get(name)
+        if last is not None and last[0] == body:
+            return dataclasses.replace(last[1], scraped_at=now)
+        snapshot = self._parser.parse(body.decode("utf-8", errors="replace"), scraped_at=now)
+        self._last_good[name] = (body, snapshot)
+        return snapshot
 
     def _log_outcome(self, endpoint: Endpoint, error: str | None) -> None:
         was_failing = self._failing.get(endpoint.name)

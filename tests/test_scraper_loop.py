@@ -12,8 +12,10 @@ import pytest
 
 from epp.datastore import Datastore, Endpoint, EndpointEvent, MetricsSnapshot
 from metrics_scraper import Scraper
+from metrics_scraper.fetch import AiohttpFetcher, FetchError, MetricsFetcher
 
 INTERVAL = 0.02
+ScrapeClient = httpx.AsyncClient | MetricsFetcher
 DEADLINE = 5.0
 
 
@@ -83,6 +85,11 @@ async def wait_for(condition: Callable[[], bool], what: str, deadline_s: float =
         await asyncio.sleep(0.005)
 
 
+def snapshot_of(ds: Datastore, name: str) -> MetricsSnapshot | None:
+    state = ds.get(name)
+    return None if state is None else state.metrics
+
+
 def schedulable(ds: Datastore, name: str) -> bool:
     state = ds.get(name)
     return state is not None and ds.is_schedulable(state)
@@ -116,22 +123,30 @@ async def pods() -> AsyncIterator[list[FakePod]]:
             await pod.stop()
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as c:
-        yield c
+@pytest.fixture(params=["aiohttp", "httpx"])
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[ScrapeClient]:
+    """Both ways to fetch: epp's default (aiohttp) and a caller's httpx client."""
+    if request.param == "httpx":
+        async with httpx.AsyncClient() as c:
+            yield c
+        return
+    fetcher = AiohttpFetcher()
+    try:
+        yield fetcher
+    finally:
+        await fetcher.close()
 
 
 def make_scraper(
     ds: Datastore,
-    client: httpx.AsyncClient,
+    client: ScrapeClient,
     timeout_s: float = 0.1,
     observer: RecordingObserver | None = None,
 ) -> Scraper:
     return Scraper(ds, client, interval_s=INTERVAL, timeout_s=timeout_s, observer=observer)
 
 
-async def test_snapshots_arrive_and_observer_is_told(pods: list[FakePod], client: httpx.AsyncClient) -> None:
+async def test_snapshots_arrive_and_observer_is_told(pods: list[FakePod], client: ScrapeClient) -> None:
     ds = Datastore(staleness_s=0.3)
     pod = pods[0]
     ds.set_endpoints([pod.endpoint])
@@ -155,11 +170,11 @@ async def test_snapshots_arrive_and_observer_is_told(pods: list[FakePod], client
 
 @pytest.mark.parametrize(
     ("mode", "expected_error"),
-    [("hang", "timed out"), ("500", "HTTP 500"), ("close", "RemoteProtocolError"), ("garbage", "missing")],
+    [("hang", "timed out"), ("500", "HTTP 500"), ("close", "Disconnected"), ("garbage", "missing")],
 )
 async def test_failing_pod_unschedulable_until_it_answers(
     pods: list[FakePod],
-    client: httpx.AsyncClient,
+    client: ScrapeClient,
     mode: str,
     expected_error: str,
     caplog: pytest.LogCaptureFixture,
@@ -175,7 +190,9 @@ async def test_failing_pod_unschedulable_until_it_answers(
         pod.mode = mode
         await wait_for(lambda: not schedulable(ds, pod.name), f"pod unschedulable in mode {mode}")
         state = ds.get(pod.name)
-        assert state is not None and state.last_error is not None and expected_error in state.last_error
+        assert state is not None and state.last_error is not None
+        assert expected_error.lower() in state.last_error.lower()
+        assert state.unreachable is (mode != "hang")  # only a slow pod stays a panic-mode candidate
         await wait_for(lambda: state.consecutive_failures >= 3, "several failed scrapes")
         pod.mode = "ok"
         await wait_for(lambda: schedulable(ds, pod.name), "pod schedulable again")
@@ -184,12 +201,12 @@ async def test_failing_pod_unschedulable_until_it_answers(
     # One warning when it started failing and one info when it recovered, not one per failed scrape.
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     healthy = [r for r in caplog.records if r.levelno == logging.INFO and "healthy" in r.getMessage()]
-    assert len(warnings) == 1 and expected_error in warnings[0].getMessage()
+    assert len(warnings) == 1 and expected_error.lower() in warnings[0].getMessage().lower()
     assert len(healthy) == 2  # first success, then recovery
 
 
 async def test_stale_snapshot_unschedulable_while_scrape_hangs(
-    pods: list[FakePod], client: httpx.AsyncClient
+    pods: list[FakePod], client: ScrapeClient
 ) -> None:
     ds = Datastore(staleness_s=0.2)
     pod = pods[0]
@@ -206,9 +223,7 @@ async def test_stale_snapshot_unschedulable_while_scrape_hangs(
         await scraper.stop()
 
 
-async def test_slow_pod_neither_delays_others_nor_piles_up(
-    pods: list[FakePod], client: httpx.AsyncClient
-) -> None:
+async def test_slow_pod_neither_delays_others_nor_piles_up(pods: list[FakePod], client: ScrapeClient) -> None:
     ds = Datastore(staleness_s=0.3)
     slow, fast = pods
     slow.mode = "hang"
@@ -223,7 +238,7 @@ async def test_slow_pod_neither_delays_others_nor_piles_up(
         await scraper.stop()
 
 
-async def test_endpoints_added_and_removed_at_runtime(pods: list[FakePod], client: httpx.AsyncClient) -> None:
+async def test_endpoints_added_and_removed_at_runtime(pods: list[FakePod], client: ScrapeClient) -> None:
     ds = Datastore(staleness_s=0.3)
     a, b = pods
     ds.set_endpoints([a.endpoint])
@@ -245,7 +260,7 @@ async def test_endpoints_added_and_removed_at_runtime(pods: list[FakePod], clien
         await scraper.stop()
 
 
-async def test_restart_reaches_datastore_listeners(pods: list[FakePod], client: httpx.AsyncClient) -> None:
+async def test_restart_reaches_datastore_listeners(pods: list[FakePod], client: ScrapeClient) -> None:
     ds = Datastore(staleness_s=0.3)
     events: list[tuple[EndpointEvent, str]] = []
     ds.subscribe(lambda event, endpoint: events.append((event, endpoint.name)))
@@ -263,7 +278,7 @@ async def test_restart_reaches_datastore_listeners(pods: list[FakePod], client: 
     assert events.count((EndpointEvent.RESTARTED, pod.name)) == 1
 
 
-async def test_scrape_once_reports_each_endpoint(pods: list[FakePod], client: httpx.AsyncClient) -> None:
+async def test_scrape_once_reports_each_endpoint(pods: list[FakePod], client: ScrapeClient) -> None:
     ds = Datastore()
     ok_pod, bad_pod = pods
     bad_pod.mode = "500"
@@ -273,7 +288,7 @@ async def test_scrape_once_reports_each_endpoint(pods: list[FakePod], client: ht
     assert schedulable(ds, ok_pod.name) and not schedulable(ds, bad_pod.name)
 
 
-async def test_stop_cancels_everything(pods: list[FakePod], client: httpx.AsyncClient) -> None:
+async def test_stop_cancels_everything(pods: list[FakePod], client: ScrapeClient) -> None:
     ds = Datastore()
     ds.set_endpoints([p.endpoint for p in pods])
     scraper = make_scraper(ds, client)
@@ -284,3 +299,41 @@ async def test_stop_cancels_everything(pods: list[FakePod], client: httpx.AsyncC
     await asyncio.sleep(INTERVAL * 5)
     assert [p.requests for p in pods] == counts
     assert [t for t in asyncio.all_tasks() if t.get_name().startswith("scrape-")] == []
+
+
+async def test_unchanged_body_gives_fresh_snapshot_and_changed_body_new_values(
+    pods: list[FakePod], client: ScrapeClient
+) -> None:
+    pod = pods[0]
+    ds = Datastore()
+    ds.set_endpoints([pod.endpoint])
+    scraper = make_scraper(ds, client)
+    assert await scraper.scrape_once() == {pod.name: True}
+    first = snapshot_of(ds, pod.name)
+    assert await scraper.scrape_once() == {pod.name: True}
+    again = snapshot_of(ds, pod.name)
+    assert first is not None and again is not None
+    assert again.scraped_at > first.scraped_at  # the same body still counts as a fresh scrape
+    assert (again.waiting, again.running, again.process_start_time) == (0, 1, 100.0)
+    pod.body = vllm_body(waiting=7)
+    assert await scraper.scrape_once() == {pod.name: True}
+    changed = snapshot_of(ds, pod.name)
+    assert changed is not None and changed.waiting == 7
+    pod.mode = "garbage"
+    assert await scraper.scrape_once() == {pod.name: False}
+    pod.mode = "ok"
+    assert await scraper.scrape_once() == {pod.name: True}
+    recovered = snapshot_of(ds, pod.name)
+    assert recovered is not None and recovered.waiting == 7 and schedulable(ds, pod.name)
+
+
+async def test_aiohttp_fetcher_reports_a_refused_connection() -> None:
+    probe = FakePod("gone")
+    await probe.start()
+    await probe.stop()  # the port now refuses connections
+    fetcher = AiohttpFetcher()
+    try:
+        with pytest.raises(FetchError, match="ClientConnectorError"):
+            await fetcher.get(f"{probe.endpoint.base_url}/metrics")
+    finally:
+        await fetcher.close()

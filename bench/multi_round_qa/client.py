@@ -82,7 +82,7 @@ class ChatClient:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        headers = {"Authorization": f"Bearer {self._api_key}"}
+        headers = {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"}
         if self._with_user_id:
             body["user"] = str(order.user_id)
             headers["x-user-id"] = str(order.user_id)

@@ -10,6 +10,7 @@ from typing import Any
 
 from bench.sim.fleet import SimFleet
 from bench.sim.profiles import PROFILES
+from epp import event_loop
 
 
 def register(subparsers: Any) -> None:
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         print("epp sim: --time-scale must be positive", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(args))
+        event_loop.run(_serve(args))
     except (OSError, ValueError) as exc:
         print(f"epp sim: {exc}", file=sys.stderr)
         return 1

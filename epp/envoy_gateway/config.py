@@ -160,9 +160,10 @@ def _extproc_filter(options: EnvoyConfigOptions) -> dict[str, Any]:
                 "request_header_mode": "SEND",
                 "request_body_mode": "BUFFERED",
                 "request_trailer_mode": "SKIP",
-                # Response headers reach epp (the response started); bodies never do, so SSE is not buffered.
-                # epp releases its in-flight count when Envoy closes the stream at the request's end.
-                "response_header_mode": "SEND",
+                # Nothing of the response reaches epp (so SSE is not buffered, and each request costs two
+                # messages, not three): epp releases its in-flight count when Envoy closes the stream at the
+                # request's end.
+                "response_header_mode": "SKIP",
                 "response_body_mode": "NONE",
                 "response_trailer_mode": "SKIP",
             },

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import os
 import sys
 
+from epp import event_loop
 from epp.config.routing_strategy import RoutingStrategy
 
 
@@ -85,7 +85,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(app.run())
+            event_loop.run(app.run())
     except (OSError, SlowProtobufError) as exc:  # e.g. a port already in use
         print(f"epp serve: {exc}", file=sys.stderr)
         return 1

@@ -69,25 +69,35 @@ def immediate(status: int, body: bytes, details: str) -> pb.ProcessingResponse:
     )
 
 
+# CONTINUE answers carry nothing request-specific: built once and shared (grpc serializes each on write).
+_CONTINUE_REQUEST_HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+_CONTINUE_REQUEST_BODY = pb.ProcessingResponse(request_body=pb.BodyResponse())
+_CONTINUE_REQUEST_TRAILERS = pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
+_CONTINUE_RESPONSE_HEADERS = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+_CONTINUE_RESPONSE_BODY = pb.ProcessingResponse(response_body=pb.BodyResponse())
+_CONTINUE_RESPONSE_TRAILERS = pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+
+
 def continue_request_headers() -> pb.ProcessingResponse:
-    return pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+    """CONTINUE for request headers; a shared message, never to be modified."""
+    return _CONTINUE_REQUEST_HEADERS
 
 
 def continue_request_body() -> pb.ProcessingResponse:
-    return pb.ProcessingResponse(request_body=pb.BodyResponse())
+    return _CONTINUE_REQUEST_BODY
 
 
 def continue_request_trailers() -> pb.ProcessingResponse:
-    return pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
+    return _CONTINUE_REQUEST_TRAILERS
 
 
 def continue_response_headers() -> pb.ProcessingResponse:
-    return pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+    return _CONTINUE_RESPONSE_HEADERS
 
 
 def continue_response_body() -> pb.ProcessingResponse:
-    return pb.ProcessingResponse(response_body=pb.BodyResponse())
+    return _CONTINUE_RESPONSE_BODY
 
 
 def continue_response_trailers() -> pb.ProcessingResponse:
-    return pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+    return _CONTINUE_RESPONSE_TRAILERS
