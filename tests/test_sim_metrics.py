@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.sim.fleet import SimFleet
 from tests.test_sim_support import prompt, scrape
 
-FIXTURE = Path("/work/shared/fixtures/vllm-0.32-metrics.txt")
+FIXTURE = Path(__file__).parents[1].parent / "shared" / "fixtures" / "vllm-0.32-metrics.txt"
 ROUTER_METRICS = {
     "vllm:num_requests_running": "gauge",
     "vllm:num_requests_waiting": "gauge",
