@@ -39,7 +39,9 @@ def register(subparsers: Any) -> None:
     add_compare_arguments(compare)
     compare.set_defaults(func=run_compare)
 
-    demo = subparsers.add_parser("demo", help="Compare routing strategies on a simulated fleet for about 2 minutes")
+    demo = subparsers.add_parser(
+        "demo", help="Compare routing strategies on a simulated fleet for about 2 minutes"
+    )
     add_demo_arguments(demo)
     demo.set_defaults(func=run_demo)
 
