@@ -39,7 +39,8 @@ EXPECTED_PROFILES = {
         ("prefix-cache-scorer", 3.0),
         ("queue-scorer", 2.0),
         ("kv-cache-utilization-scorer", 1.0),
-        ("lora-affinity-scorer", 1.0),
+        ("lora-affinity-scorer", 3.0),
+        ("least-request-scorer", 1.0),
         ("max-score-picker", 1.0),
     ],
 }
