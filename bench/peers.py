@@ -11,10 +11,8 @@ also asks workers for SGLang's `/server_info` and `/model_info` and carries on w
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +24,8 @@ from types import TracebackType
 from typing import IO
 
 import httpx
+
+from epp.process_group import stop_group
 
 POLICIES = ("cache_aware", "round_robin")
 
@@ -186,15 +186,7 @@ class PeerRouter:
     def stop(self) -> None:
         """Stop the router's process group (SIGTERM, then SIGKILL after 10 s)."""
         if self.proc is not None:
-            # The group outlives its leader if a child lingers, so signal it even when the leader is gone.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+            stop_group(self.proc)
             self.proc = None
         if self._log is not None:
             self._log.close()

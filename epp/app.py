@@ -7,48 +7,35 @@ Everything is created here and passed down; nothing is global. `EppApp.run()` se
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import httpx
 
-from epp.config import EppConfig, load_config
-from epp.core import PickerCore, merge_endpoints
+from epp.config import EppConfig
+from epp.core import PickerCore, PickerOptions, load_pool
 from epp.datastore import Endpoint
 from epp.embedded_http import EmbeddedServer
+from epp.lifecycle import wait_for_shutdown
 from epp.servers.extproc import ExtProcServer
-from epp.servers.http import DEFAULT_MAX_BODY_BYTES, create_http_app
+from epp.servers.http import create_http_app
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ServeOptions:
+class ServeOptions(PickerOptions):
     """What `epp serve` was asked for (ports 0 pick free ports)."""
 
-    config_paths: list[str] = field(default_factory=list)
-    endpoints: str | None = None  # "host:port,..." added to the config's static endpoints
-    strategy: str | None = None  # overrides the pool annotation / EndpointPickerConfig
     grpc_port: int = 9002
     http_port: int = 9003
-    host: str = "127.0.0.1"
-    scrape_interval_s: float = 0.05
-    scrape_timeout_s: float = 0.5
-    staleness_s: float = 1.0
-    seed: int | None = None
-    log_level: str = "INFO"
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     fallback_endpoints: int = 0  # ext_proc: extra candidates listed after the pick, for retries
 
 
 def build_app(options: ServeOptions, env: Mapping[str, str]) -> EppApp:
     """Load config and build every part; raises ConfigError (file, document, field, reason) on bad input."""
-    config = load_config([Path(p) for p in options.config_paths], env, strategy=options.strategy)
-    return EppApp(config, merge_endpoints(config, options.endpoints), options)
+    return EppApp(*load_pool(options, env), options)
 
 
 class EppApp:
@@ -118,20 +105,10 @@ class EppApp:
 
     async def run(self) -> None:
         """Serve until SIGINT/SIGTERM or request_stop(), or until the HTTP server exits on its own."""
-        loop = asyncio.get_running_loop()
-        handled: list[signal.Signals] = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread / platform
-                loop.add_signal_handler(sig, self.request_stop)
-                handled.append(sig)
         try:
             await self.start()
             assert self._http.task is not None
-            stop_wait = asyncio.create_task(self._stop.wait())
-            await asyncio.wait({stop_wait, self._http.task}, return_when=asyncio.FIRST_COMPLETED)
-            stop_wait.cancel()
+            await wait_for_shutdown(self._stop, self._http.task)
             logger.info("epp shutting down")
         finally:
             await self.stop()
-            for sig in handled:
-                loop.remove_signal_handler(sig)

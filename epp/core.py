@@ -7,19 +7,45 @@ list (`merge_endpoints`), start its scraper, and put their own servers in front 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
-from epp.config import ConfigError, EppConfig, parse_endpoints
+from epp.config import ConfigError, EppConfig, load_config, parse_endpoints
 from epp.config.errors import ConfigIssue, DocumentRef
 from epp.datastore import Datastore, Endpoint
 from epp.metrics import EppMetrics
 from epp.picking import PickService
 from epp.scheduling.builder import build_scheduler
 from epp.scheduling.plugins import PluginConfigError
+from epp.servers.http import DEFAULT_MAX_BODY_BYTES
 from metrics_scraper.fetch import AiohttpFetcher
 from metrics_scraper.scraper import Scraper
 from scorers.builtin import default_registry
+
+
+@dataclass(frozen=True)
+class PickerOptions:
+    """What every front end is asked for about the pool and its picking (`epp serve`, `epp gateway`)."""
+
+    config_paths: list[str] = field(default_factory=list)
+    endpoints: str | None = None  # "host:port,..." added to the config's static endpoints
+    strategy: str | None = None  # overrides the pool annotation / EndpointPickerConfig
+    host: str = "127.0.0.1"
+    scrape_interval_s: float = 0.05
+    scrape_timeout_s: float = 0.5
+    staleness_s: float = 1.0
+    seed: int | None = None
+    log_level: str = "INFO"
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+def load_pool(options: PickerOptions, env: Mapping[str, str]) -> tuple[EppConfig, list[Endpoint]]:
+    """The loaded config and the pool's endpoints; ConfigError (file, document, field, reason) if bad."""
+    config = load_config([Path(p) for p in options.config_paths], env, strategy=options.strategy)
+    return config, merge_endpoints(config, options.endpoints)
 
 
 def merge_endpoints(config: EppConfig, endpoints: str | None) -> list[Endpoint]:

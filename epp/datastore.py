@@ -156,6 +156,14 @@ class Datastore:
         fresh = [s for s in self._states.values() if self.is_schedulable(s, now)]
         return fresh or [s for s in self._states.values() if s.metrics is not None and not s.unreachable]
 
+    def reports_adapter(self, name: str) -> bool:
+        """Whether any pod's last scrape shows LoRA adapter `name` running or waiting."""
+        for state in self._states.values():
+            m = state.metrics
+            if m is not None and (name in m.running_loras or name in m.waiting_loras):
+                return True
+        return False
+
     # -- in-flight accounting ----------------------------------------------
     def acquire(self, name: str) -> None:
         """A request was sent to `name`."""

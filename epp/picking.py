@@ -67,7 +67,7 @@ class PickOutcome:
 
 
 class _PodAdapters:
-    """LoRA adapter names currently reported by any pod, looked up lazily (only when a name needs it)."""
+    """The datastore's reported LoRA adapters as a Container, looked up only when a name needs it."""
 
     __slots__ = ("_datastore",)
 
@@ -75,11 +75,7 @@ class _PodAdapters:
         self._datastore = datastore
 
     def __contains__(self, name: object) -> bool:
-        for state in self._datastore.states():
-            m = state.metrics
-            if m is not None and (name in m.running_loras or name in m.waiting_loras):
-                return True
-        return False
+        return isinstance(name, str) and self._datastore.reports_adapter(name)
 
 
 class PickService:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import sys
 from typing import TYPE_CHECKING
 
 from epp import event_loop
-from epp.config.routing_strategy import RoutingStrategy
+from epp.picker_cli import add_picker_arguments, configure_logging, picker_option_values
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -22,26 +21,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run the OpenAI-compatible routing gateway",
         description="Serve the OpenAI API at http://HOST:PORT/v1, routing each request to a pod with epp.",
     )
-    p.add_argument("--endpoints", default=None, help="pods host:port,... (added to the config's)")
-    p.add_argument(
-        "--config",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="YAML config (InferencePool, InferenceModel, EndpointPickerConfig documents); repeatable",
-    )
-    p.add_argument(
-        "--strategy",
-        choices=[s.value for s in RoutingStrategy],
-        default=None,
-        help="built-in strategy (overrides the pool's)",
-    )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    add_picker_arguments(p)
     p.add_argument("--port", type=_port, default=8000, help="port; 0 picks a free one (default 8000)")
-    p.add_argument("--scrape-interval", type=float, default=0.05, help="seconds between metrics scrapes")
-    p.add_argument("--staleness", type=float, default=1.0, help="seconds after which pod metrics are too old")
-    p.add_argument("--seed", type=int, default=None, help="seed for random pickers (reproducible runs)")
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument(
         "--max-body-bytes",
         type=_positive,
@@ -70,22 +51,9 @@ def run_gateway(args: argparse.Namespace) -> int:
     from epp.config import ConfigError
     from gateway.server import GatewayOptions, build_gateway
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.log_level != "DEBUG":  # httpx logs every scrape and upstream request at INFO
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(args.log_level)
     extra = {} if args.max_body_bytes is None else {"max_body_bytes": args.max_body_bytes}
-    options = GatewayOptions(
-        config_paths=list(args.config),
-        endpoints=args.endpoints,
-        strategy=args.strategy,
-        host=args.host,
-        port=args.port,
-        scrape_interval_s=args.scrape_interval,
-        staleness_s=args.staleness,
-        seed=args.seed,
-        log_level=args.log_level,
-        **extra,
-    )
+    options = GatewayOptions(**picker_option_values(args), port=args.port, **extra)
     try:
         gateway = build_gateway(options, env=dict(os.environ))
     except ConfigError as exc:

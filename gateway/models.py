@@ -97,10 +97,4 @@ class ModelCatalog:
         return self._known(model) or not self._answered
 
     def _known(self, model: str) -> bool:
-        if model in self._ids or model in self._inference_models:
-            return True
-        for state in self._datastore.states():
-            m = state.metrics
-            if m is not None and (model in m.running_loras or model in m.waiting_loras):
-                return True
-        return False
+        return model in self._ids or model in self._inference_models or self._datastore.reports_adapter(model)

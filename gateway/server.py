@@ -7,20 +7,17 @@ upstream connections in order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import httpx
 
-from epp.config import EppConfig, load_config
-from epp.core import PickerCore, merge_endpoints
+from epp.config import EppConfig
+from epp.core import PickerCore, PickerOptions, load_pool
 from epp.datastore import Endpoint
 from epp.embedded_http import EmbeddedServer
-from epp.servers.http import DEFAULT_MAX_BODY_BYTES
+from epp.lifecycle import wait_for_shutdown
 from gateway.app import GatewayApp
 from gateway.forward import ForwardStage, UpstreamPool
 from gateway.metrics import GatewayMetrics
@@ -32,20 +29,10 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class GatewayOptions:
+class GatewayOptions(PickerOptions):
     """What `epp gateway` was asked for (port 0 picks a free port)."""
 
-    config_paths: list[str] = field(default_factory=list)
-    endpoints: str | None = None  # "host:port,..." added to the config's static endpoints
-    strategy: str | None = None  # overrides the pool annotation / EndpointPickerConfig
-    host: str = "127.0.0.1"
     port: int = 8000
-    scrape_interval_s: float = 0.05
-    scrape_timeout_s: float = 0.5
-    staleness_s: float = 1.0
-    seed: int | None = None
-    log_level: str = "INFO"
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     connect_timeout_s: float = 2.0  # reaching a pod; a refusal is retried on the next-best pod
     read_timeout_s: float = 600.0  # longest silence from a pod mid-answer (long generations are slow)
     max_connections: int = 1024  # upstream connections, all pods together
@@ -53,8 +40,7 @@ class GatewayOptions:
 
 def build_gateway(options: GatewayOptions, env: Mapping[str, str]) -> Gateway:
     """Load config and build every part; raises ConfigError (file, document, field, reason) on bad input."""
-    config = load_config([Path(p) for p in options.config_paths], env, strategy=options.strategy)
-    return Gateway(config, merge_endpoints(config, options.endpoints), options)
+    return Gateway(*load_pool(options, env), options)
 
 
 class Gateway:
@@ -135,22 +121,12 @@ class Gateway:
 
         `on_ready` is called once the server accepts connections. `stop()` runs in any case.
         """
-        loop = asyncio.get_running_loop()
-        handled: list[signal.Signals] = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread / platform
-                loop.add_signal_handler(sig, self.request_stop)
-                handled.append(sig)
         try:
             await self.start()
             if on_ready is not None:
                 on_ready(self)
             assert self._server.task is not None
-            stop_wait = asyncio.create_task(self._stop.wait())
-            await asyncio.wait({stop_wait, self._server.task}, return_when=asyncio.FIRST_COMPLETED)
-            stop_wait.cancel()
+            await wait_for_shutdown(self._stop, self._server.task)
             logger.info("epp gateway shutting down")
         finally:
             await self.stop()
-            for sig in handled:
-                loop.remove_signal_handler(sig)

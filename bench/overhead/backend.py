@@ -21,6 +21,7 @@ import httpx
 import orjson
 
 from bench.peers import free_port
+from epp.process_group import stop_group
 
 VLLM_METRICS = Path(__file__).with_name("vllm_metrics.txt")  # a real vLLM 0.32 scrape (shared/fixtures)
 MODEL = "tiny-llama"  # the model_name in the metrics fixture
@@ -177,12 +178,7 @@ class NginxBackend:
         """Stop nginx (SIGQUIT: graceful, then SIGKILL of its group)."""
         if self.proc is not None:
             if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGQUIT)
-                try:
-                    self.proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait()
+                stop_group(self.proc, signal.SIGQUIT, grace_s=5)
             self.proc = None
         if self._dir is not None:
             self._dir.cleanup()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import importlib.util
 import os
@@ -13,6 +12,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from epp.process_group import signal_group, stop_group
 
 ENVOY_BIN_ENV = "EPP_ENVOY_BIN"
 
@@ -97,20 +98,11 @@ class Child:
     def stop(self, grace_s: float = 10.0) -> int:
         """SIGTERM the process group, SIGKILL it after `grace_s`; returns the exit code."""
         if self.alive():
-            self._signal_group(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                self._signal_group(signal.SIGKILL)
-                self.proc.wait()
+            stop_group(self.proc, grace_s=grace_s)
         return self.proc.returncode
 
     def kill(self) -> None:
         """SIGKILL the process group at once (a crash, for tests)."""
         if self.alive():
-            self._signal_group(signal.SIGKILL)
+            signal_group(self.proc, signal.SIGKILL)
         self.proc.wait()
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)  # the group id is the child's pid: it was started with setsid

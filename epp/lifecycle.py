@@ -1,0 +1,27 @@
+"""How a long-running epp server waits to be told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+
+async def wait_for_shutdown(stop: asyncio.Event, server_task: asyncio.Task[None]) -> None:
+    """Return on SIGINT/SIGTERM, when `stop` is set, or when `server_task` ends on its own.
+
+    Signal handlers are installed only where the loop allows it (the main thread on Unix).
+    """
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+    stop_wait = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({stop_wait, server_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop_wait.cancel()
+        for sig in handled:
+            loop.remove_signal_handler(sig)
