@@ -1,8 +1,9 @@
 """Microbenchmark: latency of one full scheduling decision, by prompt size and pool size.
 
 Each decision is `Scheduler.schedule` with a built-in strategy (default PREFIX_CACHE: saturation filter,
-prefix-cache scorer with a warm index and its PostPick insert, prefix-affinity filter, least-request scorer,
-max-score picker) over a datastore of fake pods. Requests share a per-"conversation" prefix (about
+prefix-cache scorer with a warm index, prefix-affinity filter, least-request scorer, max-score picker) over a
+datastore of fake pods, followed by the profile's PreRequest hooks as the request director runs them before
+forwarding (the prefix scorer's index insert). Requests share a per-"conversation" prefix (about
 three quarters of the prompt) followed by a unique tail, so the prefix index sees partial hits as in real
 traffic. Building the request is outside the timed region; reading the datastore is inside.
 
@@ -91,6 +92,14 @@ class Workload:
         return LLMRequest(request_id=rid, model="m", target_model="m", prompt=prefix + tail)
 
 
+def decide(scheduler: Scheduler, request: LLMRequest) -> None:
+    """One decision as the director makes it: schedule, then the before-request hooks."""
+    result = scheduler.schedule(request)
+    ctx, endpoint = result.context, result.endpoint
+    for hook in scheduler.profile(result.profile).pre_requests:
+        hook.pre_request(ctx, endpoint)
+
+
 def measure(
     strategy: RoutingStrategy, prompt_chars: int, pods: int, iterations: int, warmup: int, seed: int
 ) -> Cell:
@@ -99,13 +108,13 @@ def measure(
     scheduler: Scheduler = build_scheduler(config, make_datastore(pods, rng), default_registry(), rng)
     work = Workload(rng, prompt_chars)
     for _ in range(warmup):  # warms the prefix index: every conversation lands on some pod
-        scheduler.schedule(work.next_request())
+        decide(scheduler, work.next_request())
     samples: list[float] = []
     clock = time.perf_counter_ns
     for _ in range(iterations):
         req = work.next_request()
         t0 = clock()
-        scheduler.schedule(req)
+        decide(scheduler, req)
         samples.append((clock() - t0) / 1_000)
     samples.sort()
     p99 = samples[min(len(samples) - 1, round(0.99 * len(samples)) - 1)]

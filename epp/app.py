@@ -51,16 +51,18 @@ class EppApp:
         """`scrape_client` (owned by the caller) is what the scraper uses; by default epp makes its own."""
         self.config = config
         self.options = options
-        self.core = PickerCore(config, endpoints, options.staleness_s, options.seed)
+        self.core = PickerCore(
+            config, endpoints, options.staleness_s, options.seed, max_attempts=options.max_attempts
+        )
         self.datastore = self.core.datastore
         self.metrics = self.core.metrics
         self.rng = self.core.rng
-        self.service = self.core.service
+        self.director = self.core.director
         self.http_app = create_http_app(
-            self.service, self.datastore, self.metrics.registry, options.max_body_bytes
+            self.director, self.datastore, self.metrics.registry, options.max_body_bytes
         )
         self.extproc = ExtProcServer(
-            self.service,
+            self.director,
             self.datastore,
             options.host,
             options.grpc_port,

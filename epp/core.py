@@ -1,11 +1,15 @@
-"""The picking core every front end shares: datastore, metrics, scheduler, pick service and scraper.
+"""The picking core every front end shares: datastore, health, metrics, scheduler, director and scraper.
 
 `epp serve` (EppApp) and `epp gateway` both build one `PickerCore` from the loaded config and the endpoint
-list (`merge_endpoints`), start its scraper, and put their own servers in front of `core.service`.
+list (`merge_endpoints`), start it (scraper, model catalog, outlier sweeps), and put their own transports in
+front of `core.director`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,9 +19,11 @@ import httpx
 
 from epp.config import ConfigError, EppConfig, load_config, parse_endpoints
 from epp.config.errors import ConfigIssue, DocumentRef
-from epp.datastore import Datastore, Endpoint
+from epp.datastore import Datastore, Endpoint, EndpointEvent
+from epp.health.outlier import OutlierDetector
 from epp.metrics import EppMetrics
-from epp.picking import PickService
+from epp.model_catalog import ModelCatalog
+from epp.requestcontrol.director import Director, DirectorSettings
 from epp.scheduling.builder import build_scheduler
 from epp.scheduling.plugins import PluginConfigError
 from epp.servers.http import DEFAULT_MAX_BODY_BYTES
@@ -40,6 +46,7 @@ class PickerOptions:
     seed: int | None = None
     log_level: str = "INFO"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_attempts: int = 2  # pods tried per request (gateway retries, Envoy fallbacks + 1)
 
 
 def load_pool(options: PickerOptions, env: Mapping[str, str]) -> tuple[EppConfig, list[Endpoint]]:
@@ -62,46 +69,90 @@ def merge_endpoints(config: EppConfig, endpoints: str | None) -> list[Endpoint]:
     return merged
 
 
+logger = logging.getLogger(__name__)
+
+
 class PickerCore:
     """One pool's picking state. Raises ConfigError when the picker config cannot be built."""
 
     def __init__(
-        self, config: EppConfig, endpoints: list[Endpoint], staleness_s: float, seed: int | None
+        self,
+        config: EppConfig,
+        endpoints: list[Endpoint],
+        staleness_s: float,
+        seed: int | None,
+        max_attempts: int = 2,
     ) -> None:
         self.config = config
-        self.datastore = Datastore(staleness_s=staleness_s)
+        self.outlier = OutlierDetector(config.outlier_settings, listener=self._on_ejection)
+        self.datastore = Datastore(staleness_s=staleness_s, is_ejected=self.outlier.is_ejected)
+        self.datastore.subscribe(self._on_endpoint_event)
         self.datastore.set_endpoints(endpoints)
         self.metrics = EppMetrics(self.datastore)
         self.rng = random.Random(seed)
         try:
-            scheduler = build_scheduler(config.picker_config, self.datastore, default_registry(), self.rng)
+            self.scheduler = build_scheduler(
+                config.picker_config, self.datastore, default_registry(), self.rng, timer=self.metrics
+            )
         except PluginConfigError as exc:
             where = ", ".join(str(s) for s in config.sources) or "--strategy"
             raise ConfigError(
                 [ConfigIssue(DocumentRef(where, kind="EndpointPickerConfig"), str(exc))]
             ) from None
+        # Trust the environment for nothing: pods are reached directly, never through an HTTP(S)_PROXY.
+        self.models_client = httpx.AsyncClient(trust_env=False, timeout=2.0)
+        self.catalog = ModelCatalog(self.datastore, self.models_client, config.models)
         resolver = config.models if len(config.models) else None  # no InferenceModels: models pass through
-        self.service = PickService(
-            scheduler, self.datastore, resolver, self.metrics, self.rng, config.strategy_name
+        self.director = Director(
+            self.scheduler,
+            self.datastore,
+            resolver,
+            self.metrics,
+            self.rng,
+            DirectorSettings(config.strategy_name, max_attempts=max_attempts),
+            outlier=self.outlier,
+            adapters=self.catalog,
+            observer=self.metrics,
         )
         self._scraper: Scraper | None = None
         self._own_fetcher: AiohttpFetcher | None = None
+        self._catalog_task: asyncio.Task[None] | None = None
+
+    def _on_endpoint_event(self, event: EndpointEvent, endpoint: Endpoint) -> None:
+        if event is not EndpointEvent.RESTARTED:
+            self.outlier.set_hosts(e.name for e in self.datastore.endpoints())
+
+    def _on_ejection(self, host: str, ejected: bool, reason: str) -> None:
+        if ejected:
+            state = self.outlier.state(host)
+            until = state.ejected_until if state is not None else None
+            logger.warning("endpoint %s ejected (%s) until monotonic %.1f", host, reason, until or 0.0)
+        else:
+            logger.info("endpoint %s back from ejection (%s)", host, reason)
+        self.metrics.on_ejection(host, ejected, reason)
 
     def start_scraping(
         self, interval_s: float, timeout_s: float, client: httpx.AsyncClient | None = None
     ) -> None:
-        """Scrape every endpoint's /metrics; `client` (owned by the caller) defaults to one of our own."""
+        """Scrape every endpoint's /metrics and their /v1/models; `client` (the caller's) defaults to ours."""
         if client is None:
             self._own_fetcher = AiohttpFetcher()
         source = client if client is not None else self._own_fetcher
         assert source is not None
         self._scraper = Scraper(self.datastore, source, interval_s, timeout_s, observer=self.metrics)
         self._scraper.start()
+        self._catalog_task = asyncio.create_task(self.catalog.run(), name="model-catalog")
 
     async def stop_scraping(self) -> None:
+        task, self._catalog_task = self._catalog_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._scraper is not None:
             await self._scraper.stop()
             self._scraper = None
         if self._own_fetcher is not None:
             await self._own_fetcher.close()
             self._own_fetcher = None
+        await self.models_client.aclose()

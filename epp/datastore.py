@@ -1,6 +1,7 @@
-"""The pool's endpoints, their latest scraped metrics and the requests epp has in flight to each.
+"""The pool's endpoints, their latest scraped metrics, their health and the requests epp has in flight.
 
-One `Datastore` is created per process and passed to whoever needs it (scraper, scheduler, servers).
+One `Datastore` is created per process and passed to whoever needs it (scraper, scheduler, servers). Which
+endpoints may be picked is decided by their `HealthState` (epp.health.endpoint_health).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+
+from epp.health.endpoint_health import ROUTABLE, EndpointHealth, HealthState, classify
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,17 +74,23 @@ class EndpointState:
     endpoint: Endpoint
     metrics: MetricsSnapshot | None = None
     in_flight: int = 0
-    last_error: str | None = None
-    consecutive_failures: int = 0
-    unreachable: bool = False  # last scrape failed outright (refused, reset, HTTP error), not by timing out
+    health: EndpointHealth = field(default_factory=EndpointHealth)
     listeners: list[EndpointListener] = field(default_factory=list, repr=False)
 
 
 class Datastore:
     """Endpoints of one pool. Not thread-safe: used from one asyncio loop."""
 
-    def __init__(self, staleness_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        staleness_s: float = 1.0,
+        is_ejected: Callable[[str], bool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`is_ejected` is outlier detection's verdict per endpoint name (default: never ejected)."""
         self.staleness_s = staleness_s
+        self.is_ejected: Callable[[str], bool] = is_ejected or _never
+        self.clock = clock
         self._states: dict[str, EndpointState] = {}
         self._listeners: list[EndpointListener] = []
 
@@ -113,10 +122,17 @@ class Datastore:
     def get(self, name: str) -> EndpointState | None:
         return self._states.get(name)
 
+    def find_by_address(self, address: str) -> EndpointState | None:
+        """The endpoint at `host:port`, if it is in the pool."""
+        for state in self._states.values():
+            if state.endpoint.address == address:
+                return state
+        return None
+
     def states(self) -> list[EndpointState]:
         return list(self._states.values())
 
-    # -- scraping ---------------------------------------------------------
+    # -- scraping and health ------------------------------------------------
     def update_metrics(self, name: str, snapshot: MetricsSnapshot) -> None:
         """Record a successful scrape; detects restarts from the start time or a counter reset."""
         state = self._states.get(name)
@@ -124,37 +140,54 @@ class Datastore:
             return
         prev = state.metrics
         if prev is not None and _restarted(prev, snapshot):
+            state.health.restarts += 1
             self._emit(EndpointEvent.RESTARTED, state.endpoint)
         state.metrics = snapshot
-        state.last_error = None
-        state.consecutive_failures = 0
-        state.unreachable = False
+        state.health.scrape_succeeded(self.clock())
 
     def record_scrape_failure(self, name: str, error: str, timed_out: bool = False) -> None:
         """A scrape failed; `timed_out` tells a slow pod from one that could not be reached at all."""
         state = self._states.get(name)
-        if state is None:
-            return
-        state.last_error = error
-        state.consecutive_failures += 1
-        state.unreachable = not timed_out
+        if state is not None:
+            state.health.scrape_failed(error, timed_out, self.clock())
+
+    def mark_unreachable(self, name: str, reason: str) -> None:
+        """The proxy could not reach `name` (refused, reset): out until its back-off ends, then a good scrape."""
+        state = self._states.get(name)
+        if state is not None:
+            state.health.mark_unreachable(f"proxy: {reason}", self.clock())
+
+    def record_success(self, name: str) -> None:
+        """A request to `name` got an answer: its unreachable back-off starts from scratch next time."""
+        state = self._states.get(name)
+        if state is not None:
+            state.health.request_succeeded()
+
+    def health_state(self, state: EndpointState, now: float | None = None) -> HealthState:
+        age = None if state.metrics is None else state.metrics.age(self.clock() if now is None else now)
+        return classify(state.health, age, self.staleness_s, self.is_ejected(state.endpoint.name))
 
     def is_schedulable(self, state: EndpointState, now: float | None = None) -> bool:
-        """Fresh metrics and the last scrape succeeded."""
-        if state.metrics is None or state.last_error is not None:
-            return False
-        return state.metrics.age(now) <= self.staleness_s
+        """Healthy, or slow with metrics still inside the staleness bound."""
+        return self.health_state(state, now) in ROUTABLE
 
     def schedulable(self, now: float | None = None) -> list[EndpointState]:
-        """Endpoints with fresh metrics; when none has, those that were scraped before and are only slow.
+        """Routable endpoints; when none is, those that were scraped before and are only slow or stale.
 
         The fallback is like Envoy's panic mode: when every pod is so loaded that its /metrics answers late,
-        routing on the last metrics serves requests that a 503 would lose. A pod whose last scrape was
-        refused, reset or answered with an HTTP error is never in it.
+        routing on the last metrics serves requests that a 503 would lose. A pod that is unreachable or
+        ejected is never in it.
         """
-        now = time.monotonic() if now is None else now
-        fresh = [s for s in self._states.values() if self.is_schedulable(s, now)]
-        return fresh or [s for s in self._states.values() if s.metrics is not None and not s.unreachable]
+        now = self.clock() if now is None else now
+        fresh = []
+        stale = []
+        for s in self._states.values():
+            st = self.health_state(s, now)
+            if st in ROUTABLE:
+                fresh.append(s)
+            elif st is HealthState.STALE:
+                stale.append(s)
+        return fresh or stale
 
     def reports_adapter(self, name: str) -> bool:
         """Whether any pod's last scrape shows LoRA adapter `name` running or waiting."""
@@ -176,6 +209,10 @@ class Datastore:
         state = self._states.get(name)
         if state is not None and state.in_flight > 0:
             state.in_flight -= 1
+
+
+def _never(_name: str) -> bool:
+    return False
 
 
 def _restarted(prev: MetricsSnapshot, cur: MetricsSnapshot) -> bool:

@@ -16,7 +16,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from epp.datastore import Datastore, Endpoint, EndpointEvent, MetricsSnapshot
+from epp.health.endpoint_health import ROUTABLE, HealthState
 from epp.picking import RESULT_SHED
+from epp.scheduling.types import AttemptReport
 
 # Scheduling takes tens of microseconds to a few milliseconds; resolve that range finely.
 DECISION_LATENCY_BUCKETS = (
@@ -36,6 +38,8 @@ DECISION_LATENCY_BUCKETS = (
     2.5e-2,
     0.1,
 )
+# One plugin call is a fraction of a decision: the same fine range, one decade lower at the bottom.
+PLUGIN_LATENCY_BUCKETS = (1e-6, 2.5e-6, 5e-6, 7.5e-6, *DECISION_LATENCY_BUCKETS)
 PREFIX_RATIO_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 SCRAPE_DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -59,14 +63,23 @@ class DatastoreCollector(Collector):
             "epp_endpoint_metrics_staleness_seconds", "Seconds since the pod's last good metrics scrape."
         )
         schedulable_flag = _per_endpoint("epp_endpoint_schedulable", "1 if the pod can be picked, else 0.")
+        health = GaugeMetricFamily(
+            "epp_endpoint_state",
+            "1 for the endpoint's current health state (healthy and slow are routable; the others say why "
+            "the pod gets no traffic), 0 for the others.",
+            labels=["endpoint", "state"],
+        )
         states = self._datastore.states()
         schedulable_count = 0
         for state in states:
             name = [state.endpoint.name]
             in_flight.add_metric(name, state.in_flight)
-            ok = self._datastore.is_schedulable(state, now)
+            current = self._datastore.health_state(state, now)
+            ok = current in ROUTABLE
             schedulable_count += ok
             schedulable_flag.add_metric(name, 1.0 if ok else 0.0)
+            for hs in HealthState:
+                health.add_metric([state.endpoint.name, hs.value], 1.0 if hs is current else 0.0)
             snap = state.metrics
             if snap is None:
                 continue
@@ -74,7 +87,7 @@ class DatastoreCollector(Collector):
             running.add_metric(name, snap.running)
             kv.add_metric(name, snap.kv_cache_usage)
             staleness.add_metric(name, max(0.0, snap.age(now)))
-        yield from (waiting, running, kv, in_flight, staleness, schedulable_flag)
+        yield from (waiting, running, kv, in_flight, staleness, schedulable_flag, health)
         yield GaugeMetricFamily(
             "epp_schedulable_endpoints", "Endpoints with fresh metrics.", value=schedulable_count
         )
@@ -86,7 +99,8 @@ def _per_endpoint(name: str, documentation: str) -> GaugeMetricFamily:
 
 
 class EppMetrics:
-    """Decision and scrape metrics; implements the DecisionRecorder and ScrapeObserver protocols."""
+    """Decision, plugin and scrape metrics; implements the DecisionRecorder, PluginTimer (epp.scheduling)
+    and ScrapeObserver protocols."""
 
     def __init__(
         self,
@@ -117,12 +131,37 @@ class EppMetrics:
         self.scrape_errors = Counter(
             "epp_scrape_errors", "Failed metrics scrapes by endpoint.", ["endpoint"], registry=r
         )
+        self.attempts = Counter(
+            "epp_endpoint_attempts",
+            "Attempts to serve a request on each pod, by how they ended (ok, 5xx, or the error: "
+            "connect_failed, reset, first_byte_timeout, chunk_timeout, aborted, http_5xx, fallback, "
+            "gateway_error, client_gone).",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "epp_retries", "Requests scheduled again on another pod, by the failure.", ["reason"], registry=r
+        )
+        self.ejections = Counter(
+            "epp_endpoint_ejections",
+            "Outlier-detection ejections by pod and cause.",
+            ["endpoint", "reason"],
+            registry=r,
+        )
         self.scrape_duration = Histogram(
             "epp_scrape_duration_seconds",
             "Duration of one metrics scrape of one endpoint.",
             buckets=SCRAPE_DURATION_BUCKETS,
             registry=r,
         )
+        self.plugin_duration = Histogram(
+            "epp_plugin_duration_seconds",
+            "Time of one scheduling plugin call, by extension point (filter, scorer, picker).",
+            ["extension_point", "plugin_type", "plugin_name"],
+            buckets=PLUGIN_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._plugin_children: dict[tuple[str, str, str], Histogram] = {}
         r.register(DatastoreCollector(datastore, clock))
         # Drop per-endpoint series of endpoints that leave the pool.
         datastore.subscribe(self._on_endpoint_event)
@@ -133,6 +172,17 @@ class EppMetrics:
         for labelled in (self.scrape_errors, self.picks):
             with contextlib.suppress(KeyError):
                 labelled.remove(endpoint.name)
+
+    # -- AttemptObserver (epp.requestcontrol) and outlier ejections ----------------
+    def on_attempt(self, report: AttemptReport, outcome: str) -> None:
+        self.attempts.labels(endpoint=report.endpoint.name, outcome=outcome).inc()
+
+    def on_retry(self, reason: str) -> None:
+        self.retries.labels(reason=reason).inc()
+
+    def on_ejection(self, endpoint: str, ejected: bool, reason: str) -> None:
+        if ejected:
+            self.ejections.labels(endpoint=endpoint, reason=reason).inc()
 
     # -- DecisionRecorder -----------------------------------------------------
     def record_decision(
@@ -152,6 +202,17 @@ class EppMetrics:
             self.shed.inc()
         if endpoint is not None:
             self.picks.labels(endpoint=endpoint).inc()
+
+    # -- PluginTimer ------------------------------------------------------------
+    def observe_plugin(
+        self, extension_point: str, plugin_type: str, plugin_name: str, seconds: float
+    ) -> None:
+        # Called several times per decision: keep the labelled children rather than look them up each time.
+        key = (extension_point, plugin_type, plugin_name)
+        child = self._plugin_children.get(key)
+        if child is None:
+            child = self._plugin_children[key] = self.plugin_duration.labels(*key)
+        child.observe(seconds)
 
     # -- ScrapeObserver -------------------------------------------------------
     def on_scrape(

@@ -11,6 +11,7 @@ Which of the two is decided by the path (`/v1/chat/completions`, `/v1/completion
 the body (`messages` wins over `prompt`).
 
 Criticality comes only from the InferenceModel (default Standard): like GIE, no header overrides it.
+The optional `cache_salt` (vLLM's: no KV cache is shared across salts) is kept for prefix matching.
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ def parse_request(
         raise RequestError(400, "`model` is required and must be a non-empty string.", param="model")
 
     prompt = _prompt_text(data, path.split("?", 1)[0])
+    cache_salt = data.get("cache_salt")
+    if cache_salt is not None and (not isinstance(cache_salt, str) or not cache_salt):
+        raise RequestError(400, "`cache_salt` must be a non-empty string if provided.", param="cache_salt")
     target, criticality = _resolve(model, resolver, rng)
     rewritten = None
     if target != model:
@@ -111,6 +115,7 @@ def parse_request(
         headers=public_headers(headers),
         body=data,
         lora_adapter=lora,
+        cache_salt=cache_salt,
     )
     return ParsedRequest(request, rewritten)
 

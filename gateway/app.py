@@ -15,6 +15,7 @@ import uuid
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from epp.datastore import Datastore
+from epp.model_catalog import ModelCatalog
 from epp.request import INFERENCE_PATHS
 from gateway.asgi import (
     BodyTooLarge,
@@ -31,7 +32,6 @@ from gateway.asgi import (
 )
 from gateway.context import OUTCOME_CLIENT_GONE, OUTCOME_REFUSED, BytesReply, RequestContext, error_json
 from gateway.metrics import GatewayMetrics
-from gateway.models import ModelCatalog
 from gateway.pipeline import Pipeline
 from gateway.record import RequestRecorder
 from gateway.streaming import relay

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from epp.datastore import Endpoint
-from epp.picking import PickOutcome, error_reply
-from epp.scheduling.types import LLMRequest
+from epp.picking import error_reply
+from epp.request import ParsedRequest
+from epp.requestcontrol.lifecycle import RequestLifecycle
 from gateway.asgi import JSON, Headers
 
 # Values of RequestContext.outcome besides "ok".
@@ -54,16 +55,12 @@ class RequestContext:
     path: str  # e.g. /v1/chat/completions
     headers: dict[str, str]  # lower-case names; secrets included (forwarded upstream, never logged)
     body: bytes
-    started: float = field(default_factory=time.perf_counter)
-    request: LLMRequest | None = None  # parse
-    rewritten_body: bytes | None = None  # parse: set when an InferenceModel rewrote `model`
+    started: float = field(default_factory=time.perf_counter)  # arrival: TTFT and total time start here
+    parsed: ParsedRequest | None = None  # parse
+    parsed_at: float | None = None  # parse: when parsing began (decision latency starts here)
     stream: bool = False  # parse: the client asked for SSE
-    outcome: PickOutcome | None = None  # schedule
-    endpoint: Endpoint | None = None  # forward: the pod that answered (or the last one tried)
-    attempts: int = 0  # forward: pods tried
-    failed: list[str] = field(default_factory=list)  # forward: pods that failed before answering
+    lifecycle: RequestLifecycle | None = None  # schedule: owns attempts, in-flight counts and outcomes
     status: int | None = None  # the status sent to the client
-    first_byte_s: float | None = None  # seconds from `started` to the first response body byte
     result: str = OUTCOME_OK
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run when the reply ends
 
@@ -72,9 +69,13 @@ class RequestContext:
         return self.headers.get("x-request-id", "-")  # the app sets one when the client did not
 
     @property
-    def upstream_body(self) -> bytes:
-        return self.rewritten_body if self.rewritten_body is not None else self.body
+    def endpoint(self) -> Endpoint | None:
+        """The pod that answered (or the last one tried)."""
+        return self.lifecycle.endpoint if self.lifecycle is not None else None
 
-    def mark_first_byte(self) -> None:
-        if self.first_byte_s is None:
-            self.first_byte_s = time.perf_counter() - self.started
+    @property
+    def upstream_body(self) -> bytes:
+        parsed = self.parsed
+        if parsed is not None and parsed.rewritten_body is not None:
+            return parsed.rewritten_body
+        return self.body

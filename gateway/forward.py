@@ -1,23 +1,28 @@
 """The forward stage: send the request to the picked pod and hand its response back unbuffered.
 
-The pod counts as in flight on the datastore from the send until the reply ends (however it ends). A pod that
-refuses the connection or fails before sending any response byte is marked failed in the datastore (it is
-not picked again until its next good metrics scrape) and the request goes once more, to the next-best
-candidate of the same scheduling decision. A pod that answers, even with an error status, is never retried:
-its status and body go to the client as they are.
+Every attempt goes through the request's lifecycle (epp.requestcontrol), which keeps in-flight counts, the
+prefix index and outlier detection on the pod that really serves. Nothing is sent to the client before the
+pod's first body byte, so an attempt that fails before it (refused or reset connection, no first byte within
+the first-byte timeout, or a 5xx answer) is retried on another pod chosen by scheduling again without the
+pods that failed. After the first byte the answer is relayed as it comes; a pod that then goes silent for the
+chunk timeout or breaks off ends an SSE stream with an error event (a JSON answer is cut short).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import aiohttp
+import orjson
 
-from epp.datastore import Datastore, Endpoint
+from epp.requestcontrol import lifecycle as lc
+from epp.requestcontrol.lifecycle import RequestLifecycle
 from gateway.asgi import Headers, error_body
-from gateway.context import OUTCOME_UPSTREAM_FAILED, BytesReply, Reply, RequestContext
+from gateway.context import OUTCOME_UPSTREAM_ABORTED, OUTCOME_UPSTREAM_FAILED, BytesReply, Reply, RequestContext
+from gateway.response_watch import ResponseWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +47,20 @@ _HOP_BY_HOP = frozenset(
 _RESPONSE_DROPPED = frozenset(name.encode() for name in _HOP_BY_HOP | {"date", "server"})
 
 
+MAX_ERROR_BODY_BYTES = 64 * 1024  # a pod's 5xx body kept to relay if no other pod can serve
+
+
 class UpstreamAborted(Exception):
-    """The pod broke off its response after it had started."""
+    """The pod broke off its (non-SSE) response after it had started."""
 
 
-class ForwardObserver(Protocol):
-    """Told about pods that could not be reached and about retries (for metrics)."""
+@dataclass(frozen=True, slots=True)
+class UpstreamTimeouts:
+    """Per attempt: reaching the pod, its first body byte, and the longest silence after that."""
 
-    def on_upstream_failure(self, endpoint: str, reason: str) -> None: ...
-
-    def on_retry(self) -> None: ...
+    connect_s: float = 2.0
+    first_byte_s: float = 300.0  # a non-streamed answer's first byte comes when it is complete
+    chunk_s: float = 60.0
 
 
 class UpstreamPool:
@@ -61,12 +70,9 @@ class UpstreamPool:
     `open()` inside the running event loop before the first request; `close()` at shutdown.
     """
 
-    def __init__(
-        self, connect_timeout_s: float, read_timeout_s: float, max_connections: int, keepalive_s: float = 4.0
-    ) -> None:
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=read_timeout_s, sock_connect=connect_timeout_s, sock_read=read_timeout_s
-        )
+    def __init__(self, connect_timeout_s: float, max_connections: int, keepalive_s: float = 4.0) -> None:
+        # First-byte and chunk timeouts are enforced by the forward stage, per attempt.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s)
         self._max_connections = max_connections
         # Below uvicorn's 5 s idle timeout (vLLM, the simulator): a connection the pod is closing just as a
         # request goes out would otherwise fail that request's first attempt and mark a healthy pod failed.
@@ -100,128 +106,190 @@ class UpstreamPool:
             await session.close()
 
 
-class UpstreamReply:
-    """A pod's response: its status and headers, and its body chunks as they arrive (raw, not decoded)."""
+def _relayed_headers(response: aiohttp.ClientResponse, pod: str) -> Headers:
+    headers = [(k, v) for k, v in response.raw_headers if k.lower() not in _RESPONSE_DROPPED]
+    headers.append((ENDPOINT_HEADER, pod.encode()))
+    return headers
 
-    def __init__(self, response: aiohttp.ClientResponse, ctx: RequestContext, endpoint: Endpoint) -> None:
-        self._response = response
+
+class UpstreamReply:
+    """A pod's response: status and headers, then its body chunks as they arrive (raw, not decoded)."""
+
+    def __init__(
+        self, response: aiohttp.ClientResponse, first: bytes, ctx: RequestContext, chunk_s: float
+    ) -> None:
+        lifecycle = ctx.lifecycle
+        assert lifecycle is not None
         self._ctx = ctx
+        self._response = response
+        self._first = first
+        self._lifecycle = lifecycle
+        self._chunk_s = chunk_s
         self.status = response.status
-        self.headers: Headers = [
-            (k, v) for k, v in response.raw_headers if k.lower() not in _RESPONSE_DROPPED
-        ]
-        self.headers.append((ENDPOINT_HEADER, endpoint.name.encode()))
+        self.headers: Headers = _relayed_headers(response, lifecycle.endpoint.name)
+        self._watcher = ResponseWatcher(response.headers.get("content-type", ""))
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        lifecycle, watcher, content = self._lifecycle, self._watcher, self._response.content
+        chunk = self._first
         try:
-            async for chunk in self._response.content.iter_any():
-                if chunk:
-                    self._ctx.mark_first_byte()
-                    yield chunk
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamAborted(repr(exc)) from exc
+            while chunk:
+                first_content = watcher.feed(chunk)
+                yield chunk
+                if first_content:  # after the send: this is when the client has its first token
+                    lifecycle.first_token()
+                async with asyncio.timeout(self._chunk_s):
+                    chunk = await content.readany()
+        except TimeoutError:
+            error = lc.CHUNK_TIMEOUT
+        except aiohttp.ClientError:
+            error = lc.ABORTED
+        else:
+            usage = watcher.usage()
+            if usage is None:
+                lifecycle.complete()
+            else:
+                lifecycle.complete(usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens)
+            return
+        lifecycle.fail(error)
+        self._ctx.result = OUTCOME_UPSTREAM_ABORTED
+        if not watcher.is_sse:
+            raise UpstreamAborted(error)
+        yield _sse_error(error, lifecycle.endpoint.name)
+
+
+def _sse_error(error: str, pod: str) -> bytes:
+    message = (
+        f"The model server {pod} stopped answering mid-stream."
+        if error == lc.CHUNK_TIMEOUT
+        else f"The model server {pod} broke off the stream."
+    )
+    event = {"error": {"message": message, "type": "api_error", "param": None, "code": f"upstream_{error}"}}
+    return b"data: " + orjson.dumps(event) + b"\n\ndata: [DONE]\n\n"
 
 
 class ForwardStage:
-    """Send to the pod the schedule stage picked; retry once on the next-best pod if it cannot be reached."""
+    """Send to the picked pod; on a failure before the first byte, retry where scheduling says."""
 
     name = "forward"
 
-    def __init__(
-        self,
-        pool: UpstreamPool,
-        datastore: Datastore,
-        observer: ForwardObserver,
-        max_attempts: int = 2,
-    ) -> None:
+    def __init__(self, pool: UpstreamPool, timeouts: UpstreamTimeouts) -> None:
         self._pool = pool
-        self._datastore = datastore
-        self._observer = observer
-        self._max_attempts = max_attempts
+        self._timeouts = timeouts
 
     async def run(self, ctx: RequestContext) -> Reply | None:
-        assert ctx.outcome is not None, "schedule runs first"
-        endpoint: Endpoint | None = ctx.outcome.result.endpoint
+        lifecycle = ctx.lifecycle
+        assert lifecycle is not None, "schedule runs first"
+        ctx.cleanups.append(_close_lifecycle(lifecycle))
         headers = {k: v for k, v in ctx.headers.items() if k not in _HOP_BY_HOP}
         session = self._pool.session
-        while endpoint is not None:
-            ctx.attempts += 1
-            ctx.endpoint = endpoint
-            name = endpoint.name
-            self._datastore.acquire(name)
+        timeouts = self._timeouts
+        last_error = lc.CONNECT_FAILED
+        while True:
+            endpoint = lifecycle.send()
+            response: aiohttp.ClientResponse | None = None
             try:
-                response = await session.request(
-                    "POST",
-                    f"{endpoint.base_url}{ctx.path}",
-                    data=ctx.upstream_body,
-                    headers=headers,
-                    allow_redirects=False,
-                )
-            except aiohttp.ServerTimeoutError as exc:
-                self._datastore.release(name)
-                if isinstance(exc, aiohttp.ConnectionTimeoutError):  # never connected: try elsewhere
-                    endpoint = self._failed_before_answer(ctx, endpoint, exc)
-                    continue
-                # No answer in time after the request went out: the pod may be working on it.
-                self._observer.on_upstream_failure(name, type(exc).__name__)
-                ctx.result = OUTCOME_UPSTREAM_FAILED
-                return BytesReply(
-                    504, error_body(504, "The model server did not answer in time.", "timeout", "api_error")
-                )
-            except aiohttp.ClientError as exc:  # refused, reset or closed before any response byte
-                self._datastore.release(name)
-                endpoint = self._failed_before_answer(ctx, endpoint, exc)
-                continue
+                async with asyncio.timeout(timeouts.first_byte_s):
+                    response = await session.request(
+                        "POST",
+                        f"{endpoint.base_url}{ctx.path}",
+                        data=ctx.upstream_body,
+                        headers=headers,
+                        allow_redirects=False,
+                    )
+                    lifecycle.response_started(response.status)
+                    first = await response.content.readany()
+            except aiohttp.ConnectionTimeoutError:
+                last_error = lc.CONNECT_FAILED
+            except aiohttp.ClientConnectorError:
+                last_error = lc.CONNECT_FAILED
+            except aiohttp.ClientError:
+                last_error = lc.RESET
+            except TimeoutError:
+                last_error = lc.FIRST_BYTE_TIMEOUT
             except BaseException:
-                self._datastore.release(name)
+                if response is not None:
+                    response.close()
                 raise
+            else:
+                if response.status < 500:
+                    ctx.cleanups.append(_finish_response(response))
+                    return UpstreamReply(response, first, ctx, timeouts.chunk_s)
+                reply = await self._pod_error(response, first, lifecycle)
+                if lifecycle.retry(lc.HTTP_5XX) is None:
+                    return reply
+                self._log_retry(ctx, endpoint.name, f"HTTP {response.status}")
+                continue
+            if response is not None:
+                response.close()
+            lifecycle.fail(last_error)
+            if lifecycle.retry(last_error) is not None:
+                self._log_retry(ctx, endpoint.name, last_error)
+                continue
+            self._log_failure(ctx, endpoint.name, last_error)
+            ctx.result = OUTCOME_UPSTREAM_FAILED
+            return _failure_reply(last_error, lifecycle.attempts)
 
-            async def finish(response: aiohttp.ClientResponse = response, name: str = name) -> None:
-                try:
-                    if response.content.is_eof():
-                        response.release()  # the whole body was read: the connection is reused
-                    else:
-                        response.close()  # cut short: the connection cannot carry another request
-                finally:
-                    self._datastore.release(name)
-
-            ctx.cleanups.append(finish)
-            return UpstreamReply(response, ctx, endpoint)
-        ctx.result = OUTCOME_UPSTREAM_FAILED
-        message = f"No model server could be reached ({ctx.attempts} tried)."
-        return BytesReply(502, error_body(502, message, "upstream_unavailable", "api_error"))
-
-    def _failed_before_answer(
-        self, ctx: RequestContext, endpoint: Endpoint, exc: Exception
-    ) -> Endpoint | None:
-        """Mark `endpoint` failed; the next pod to try, if any attempts are left."""
-        self._mark_failed(ctx, endpoint, exc)
-        following = self._next_best(ctx) if ctx.attempts < self._max_attempts else None
-        if following is not None:
-            self._observer.on_retry()
-        return following
-
-    def _mark_failed(self, ctx: RequestContext, endpoint: Endpoint, exc: Exception) -> None:
-        reason = type(exc).__name__
-        logger.warning(
-            "request_id=%s: %s failed before answering (%s); marked unschedulable until its next good scrape",
-            ctx.request_id,
-            endpoint.name,
-            reason,
+    async def _pod_error(
+        self, response: aiohttp.ClientResponse, first: bytes, lifecycle: RequestLifecycle
+    ) -> BytesReply:
+        """Read a pod's 5xx answer (bounded) and end the attempt as failed; the reply if no retry follows."""
+        parts = [first]
+        size = len(first)
+        try:
+            while size < MAX_ERROR_BODY_BYTES:
+                async with asyncio.timeout(self._timeouts.chunk_s):
+                    chunk = await response.content.readany()
+                if not chunk:
+                    break
+                parts.append(chunk)
+                size += len(chunk)
+        except (TimeoutError, aiohttp.ClientError):
+            pass
+        finally:
+            response.close()
+        lifecycle.fail(lc.HTTP_5XX, response.status)
+        return BytesReply(
+            response.status, b"".join(parts), _relayed_headers(response, lifecycle.endpoint.name)
         )
-        ctx.failed.append(endpoint.name)
-        # The scrape-failure mark is the datastore's "do not pick" flag; the next good scrape clears it.
-        self._datastore.record_scrape_failure(endpoint.name, f"proxy: {reason}")
-        self._observer.on_upstream_failure(endpoint.name, reason)
 
-    def _next_best(self, ctx: RequestContext) -> Endpoint | None:
-        """The schedulable candidate with the highest total score that has not failed this request."""
-        assert ctx.outcome is not None
-        result = ctx.outcome.result
-        totals = result.total_scores
-        remaining = [n for n in result.candidates_after_filters if n not in ctx.failed]
-        for name in sorted(remaining, key=lambda n: -totals.get(n, 0.0)):  # stable: ties keep filter order
-            state = self._datastore.get(name)
-            if state is not None and self._datastore.is_schedulable(state):
-                return state.endpoint
-        return None
+    def _log_retry(self, ctx: RequestContext, pod: str, why: str) -> None:
+        lifecycle = ctx.lifecycle
+        assert lifecycle is not None
+        logger.warning(
+            "request_id=%s: %s failed before answering (%s); retrying on %s",
+            ctx.request_id,
+            pod,
+            why,
+            lifecycle.endpoint.name,
+        )
+
+    def _log_failure(self, ctx: RequestContext, pod: str, why: str) -> None:
+        logger.warning(
+            "request_id=%s: %s failed before answering (%s); no pod left to try", ctx.request_id, pod, why
+        )
+
+
+def _failure_reply(error: str, attempts: int) -> BytesReply:
+    if error == lc.FIRST_BYTE_TIMEOUT:
+        message = f"The model server did not answer in time ({attempts} tried)."
+        return BytesReply(504, error_body(504, message, "timeout", "api_error"))
+    message = f"No model server could be reached ({attempts} tried)."
+    return BytesReply(502, error_body(502, message, "upstream_unavailable", "api_error"))
+
+
+def _close_lifecycle(lifecycle: RequestLifecycle) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        lifecycle.close()  # an attempt still open when the reply ends: the client left
+
+    return close
+
+
+def _finish_response(response: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
+    async def finish() -> None:
+        if response.content.is_eof():
+            response.release()  # the whole body was read: the connection is reused
+        else:
+            response.close()  # cut short: the connection cannot carry another request
+
+    return finish

@@ -6,12 +6,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # A proxied LLM request takes from milliseconds (an error, a cached short answer) to minutes (long output).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-# Time to first byte: queueing plus prefill, usually well under a few seconds.
+# Time to first token: queueing plus prefill, usually well under a few seconds.
 TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class GatewayMetrics:
-    """Per-request counters and latency histograms; also the forward stage's ForwardObserver."""
+    """Per-request counters and latency histograms (per-pod attempts and retries are epp's metrics)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
@@ -29,28 +29,12 @@ class GatewayMetrics:
             registry=r,
         )
         self.ttft = Histogram(
-            "epp_gateway_time_to_first_byte_seconds",
-            "Time from arrival to the first byte of a successful pod answer (TTFT when streaming).",
+            "epp_gateway_time_to_first_token_seconds",
+            "Time from arrival to the first chunk carrying content (a JSON answer: its first byte).",
             ["route", "strategy"],
             buckets=TTFT_BUCKETS,
             registry=r,
         )
-        self.upstream_failures = Counter(
-            "epp_gateway_upstream_failures",
-            "Pods that could not be reached or timed out, by pod and error.",
-            ["endpoint", "reason"],
-            registry=r,
-        )
-        self.retries = Counter(
-            "epp_gateway_retries", "Requests sent to a second pod after the first failed.", registry=r
-        )
         self.in_flight = Gauge(
             "epp_gateway_in_flight_requests", "Requests the gateway is handling.", registry=r
         )
-
-    # -- ForwardObserver --------------------------------------------------------
-    def on_upstream_failure(self, endpoint: str, reason: str) -> None:
-        self.upstream_failures.labels(endpoint=endpoint, reason=reason).inc()
-
-    def on_retry(self) -> None:
-        self.retries.inc()

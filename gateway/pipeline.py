@@ -9,14 +9,15 @@ record step runs after the reply has been sent, outside the pipeline (gateway/re
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from epp.picking import PickService
+from epp.model_catalog import ModelCatalog
 from epp.request import RequestError
+from epp.requestcontrol.director import Director
 from epp.scheduling.types import SchedulingError
 from gateway.context import OUTCOME_REFUSED, Reply, RequestContext, error_json
-from gateway.models import ModelCatalog
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +57,17 @@ class Pipeline:
 
 
 class ParseStage:
-    """Parse the OpenAI request (model, prompt, InferenceModel rewrite) with the pick service's parser."""
+    """Parse the OpenAI request (model, prompt, InferenceModel rewrite) with the director's parser."""
 
     name = "parse"
 
-    def __init__(self, service: PickService) -> None:
-        self._service = service
+    def __init__(self, director: Director) -> None:
+        self._director = director
 
     async def run(self, ctx: RequestContext) -> Reply | None:
-        ctx.request, ctx.rewritten_body = self._service.parse(ctx.body, ctx.headers, ctx.path)
-        stream = ctx.request.body.get("stream", False)
+        ctx.parsed_at = time.perf_counter()
+        ctx.parsed = parsed = self._director.parse(ctx.body, ctx.headers, ctx.path)
+        stream = parsed.request.body.get("stream", False)
         if not isinstance(stream, bool):
             raise RequestError(400, "`stream` must be a boolean.", param="stream")
         ctx.stream = stream
@@ -81,8 +83,8 @@ class ModelCheckStage:
         self._catalog = catalog
 
     async def run(self, ctx: RequestContext) -> Reply | None:
-        assert ctx.request is not None, "parse runs first"
-        model = ctx.request.model
+        assert ctx.parsed is not None, "parse runs first"
+        model = ctx.parsed.request.model
         if not await self._catalog.is_served(model):
             raise RequestError(
                 404, f"The model `{model}` does not exist.", param="model", code="model_not_found"
@@ -91,14 +93,15 @@ class ModelCheckStage:
 
 
 class ScheduleStage:
-    """Pick the pod (429 when shed, 503 when none fits); the decision is recorded by the pick service."""
+    """admit -> pick (429 when shed, 503 when none fits); the director records the decision."""
 
     name = "schedule"
 
-    def __init__(self, service: PickService) -> None:
-        self._service = service
+    def __init__(self, director: Director) -> None:
+        self._director = director
 
     async def run(self, ctx: RequestContext) -> Reply | None:
-        assert ctx.request is not None, "parse runs first"
-        ctx.outcome = self._service.schedule(ctx.request, ctx.rewritten_body, ctx.started)
+        assert ctx.parsed is not None, "parse runs first"
+        ctx.lifecycle = lifecycle = self._director.schedule(ctx.parsed, ctx.parsed_at)
+        lifecycle.arrived = ctx.started
         return None

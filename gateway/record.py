@@ -24,29 +24,31 @@ class RequestRecorder:
 
     def record(self, ctx: RequestContext, total_s: float) -> None:
         status = ctx.status if ctx.status is not None else CLIENT_CLOSED
-        pod = ctx.endpoint.name if ctx.endpoint is not None else ""
+        lifecycle = ctx.lifecycle
+        pod = lifecycle.endpoint.name if lifecycle is not None and lifecycle.attempts else ""
+        ttft = lifecycle.first_token_s if lifecycle is not None else None
         m = self._metrics
         m.requests.labels(route=ctx.path, status=str(status), endpoint=pod, result=ctx.result).inc()
         m.duration.labels(route=ctx.path, strategy=self._strategy).observe(total_s)
         ok = 200 <= status < 300 and ctx.result != OUTCOME_CLIENT_GONE
-        if ok and ctx.first_byte_s is not None:
-            m.ttft.labels(route=ctx.path, strategy=self._strategy).observe(ctx.first_byte_s)
+        if ok and ttft is not None:
+            m.ttft.labels(route=ctx.path, strategy=self._strategy).observe(ttft)
         if not access_logger.isEnabledFor(logging.INFO):
             return
-        ratio = ctx.outcome.result.prefix_match_ratio if ctx.outcome is not None else None
+        ratio = lifecycle.result.prefix_match_ratio if lifecycle is not None else None
         access_logger.info(
             "request_id=%s route=%s model=%s stream=%s status=%d result=%s endpoint=%s attempts=%d "
             "strategy=%s prefix_match_ratio=%s ttft_ms=%s total_ms=%.1f",
             ctx.request_id,
             ctx.path,
-            ctx.request.model if ctx.request is not None else "-",
+            ctx.parsed.request.model if ctx.parsed is not None else "-",
             ctx.stream,
             status,
             ctx.result,
             pod or "-",
-            ctx.attempts,
+            lifecycle.attempts if lifecycle is not None else 0,
             self._strategy,
             "-" if ratio is None else f"{ratio:.3f}",
-            "-" if ctx.first_byte_s is None else f"{ctx.first_byte_s * 1000:.1f}",
+            "-" if ttft is None else f"{ttft * 1000:.1f}",
             total_s * 1000,
         )

@@ -11,17 +11,14 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import httpx
-
 from epp.config import EppConfig
 from epp.core import PickerCore, PickerOptions, load_pool
 from epp.datastore import Endpoint
 from epp.embedded_http import EmbeddedServer
 from epp.lifecycle import wait_for_shutdown
 from gateway.app import GatewayApp
-from gateway.forward import ForwardStage, UpstreamPool
+from gateway.forward import ForwardStage, UpstreamPool, UpstreamTimeouts
 from gateway.metrics import GatewayMetrics
-from gateway.models import ModelCatalog
 from gateway.pipeline import ModelCheckStage, ParseStage, Pipeline, ScheduleStage
 from gateway.record import RequestRecorder
 
@@ -33,8 +30,9 @@ class GatewayOptions(PickerOptions):
     """What `epp gateway` was asked for (port 0 picks a free port)."""
 
     port: int = 8000
-    connect_timeout_s: float = 2.0  # reaching a pod; a refusal is retried on the next-best pod
-    read_timeout_s: float = 600.0  # longest silence from a pod mid-answer (long generations are slow)
+    connect_timeout_s: float = 2.0  # reaching a pod; a failure is retried on another pod
+    first_byte_timeout_s: float = 300.0  # the pod's first body byte (a JSON answer's comes when it is done)
+    chunk_timeout_s: float = 60.0  # longest silence from a pod mid-answer
     max_connections: int = 1024  # upstream connections, all pods together
 
 
@@ -49,27 +47,24 @@ class Gateway:
     def __init__(self, config: EppConfig, endpoints: list[Endpoint], options: GatewayOptions) -> None:
         self.config = config
         self.options = options
-        self.core = PickerCore(config, endpoints, options.staleness_s, options.seed)
+        self.core = PickerCore(
+            config, endpoints, options.staleness_s, options.seed, max_attempts=options.max_attempts
+        )
         self.datastore = self.core.datastore
         registry = self.core.metrics.registry
         self.metrics = GatewayMetrics(registry)
-        # Inference requests go through `upstream`; `client` only serves the rare /v1/models lookups.
-        # trust_env=False: pods are reached directly, never through an HTTP(S)_PROXY from the environment.
-        self.client = httpx.AsyncClient(
-            trust_env=False,
-            timeout=httpx.Timeout(options.read_timeout_s, connect=options.connect_timeout_s),
+        self.upstream = UpstreamPool(options.connect_timeout_s, options.max_connections)
+        self.catalog = self.core.catalog
+        director = self.core.director
+        timeouts = UpstreamTimeouts(
+            options.connect_timeout_s, options.first_byte_timeout_s, options.chunk_timeout_s
         )
-        self.upstream = UpstreamPool(
-            options.connect_timeout_s, options.read_timeout_s, options.max_connections
-        )
-        self.catalog = ModelCatalog(self.datastore, self.client, config.models)
-        service = self.core.service
         self.pipeline = Pipeline(
             [
-                ParseStage(service),
+                ParseStage(director),
                 ModelCheckStage(self.catalog),
-                ScheduleStage(service),
-                ForwardStage(self.upstream, self.datastore, self.metrics),
+                ScheduleStage(director),
+                ForwardStage(self.upstream, timeouts),
             ]
         )
         self.app = GatewayApp(
@@ -111,7 +106,6 @@ class Gateway:
         await self._server.stop()
         await self.core.stop_scraping()
         await self.upstream.close()
-        await self.client.aclose()
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -1,8 +1,10 @@
 """`prefix-cache-scorer`: score pods by how much of the prompt's prefix they likely have cached.
 
-Score = leading blocks the pod holds / full blocks of the prompt (see scorers/prefix_index.py). As a PostPick
-hook it teaches the index that the picked pod now caches the prompt. The block hashes and matches are
-computed once per scheduling cycle and shared (via the cycle state) with `prefix-affinity-filter`.
+Score = leading blocks the pod holds / full blocks of the prompt (see scorers/prefix_index.py). As a
+PreRequest hook it teaches the index that the pod the request is sent to now caches the prompt; as a
+RequestFailed hook it takes that back when the pod never answered, so after a retry the index names the pod
+that served. The block hashes and matches are computed once per request (cached in the cycle state, which a
+retry reuses) and shared with `prefix-affinity-filter`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from epp.datastore import Endpoint, EndpointEvent, MetricsSnapshot
 from epp.scheduling.params import parse_params
 from epp.scheduling.plugins import PluginDeps, PluginRegistry
-from epp.scheduling.types import Candidate, SchedulingContext
+from epp.requestcontrol.lifecycle import CLIENT_GONE
+from epp.scheduling.types import AttemptReport, Candidate, SchedulingContext
 from scorers.prefix_index import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_LRU_CAPACITY,
@@ -69,7 +72,7 @@ class PrefixMatch:
 
 
 class PrefixCacheScorer:
-    """Scorer and PostPick over a PrefixIndex."""
+    """Scorer, PreRequest and RequestFailed over a PrefixIndex."""
 
     def __init__(
         self,
@@ -86,6 +89,7 @@ class PrefixCacheScorer:
         self.auto_size_lru = auto_size_lru
         self.index = index if index is not None else PrefixIndex(lru_capacity_per_server)
         self._cycle_key = f"{TYPE_NAME}:{name}"
+        self._added_key = f"{TYPE_NAME}:{name}:added"  # pod -> hashes this request added to its LRU
         # The snapshot each pod's LRU was last sized from; a new scrape brings a new object.
         self._sized_from: dict[str, MetricsSnapshot] = {}
 
@@ -101,7 +105,9 @@ class PrefixCacheScorer:
         if isinstance(found, PrefixMatch):
             return found
         req = ctx.request
-        hashes = block_hashes(req.prompt, req.target_model, self.block_size, self.max_prefix_blocks)
+        hashes = block_hashes(
+            req.prompt, req.target_model, self.block_size, self.max_prefix_blocks, req.cache_salt
+        )
         match = PrefixMatch(hashes, self.index.match(hashes))
         ctx.cycle.data[self._cycle_key] = match
         return match
@@ -127,22 +133,44 @@ class PrefixCacheScorer:
     def score(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> dict[str, float]:
         return self.match_ratios(ctx, candidates)
 
-    def on_pick(self, ctx: SchedulingContext, picked: Candidate) -> None:
-        """The picked pod will now cache the prompt's blocks."""
-        if self.auto_size_lru:
-            self._auto_size((picked,))
+    def pre_request(self, ctx: SchedulingContext, endpoint: Endpoint) -> None:
+        """The request goes to `endpoint`, which will now cache the prompt's blocks.
+
+        Remembers, in the cycle state, the blocks the pod did not hold before, for `request_failed`. (The
+        pod's LRU was already sized when this cycle scored it.)
+        """
         match = self.cycle_match(ctx)
-        pod = picked.endpoint.name
+        pod = endpoint.name
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
-                "prefix cache: request %s picked %s, matched %d of %d blocks",
+                "prefix cache: request %s sent to %s, matched %d of %d blocks",
                 ctx.request.request_id,
                 pod,
                 match.matched.get(pod, 0),
                 match.total,
             )
-        if match.hashes:
-            self.index.insert(pod, match.hashes)
+        if not match.hashes:
+            return
+        added = self.index.insert(pod, match.hashes)
+        if added:
+            by_pod: dict[str, list[int]] = ctx.cycle.data.setdefault(self._added_key, {})
+            by_pod.setdefault(pod, []).extend(added)
+
+    def request_failed(self, ctx: SchedulingContext, report: AttemptReport) -> None:
+        """A pod that never answered did not cache the prompt: take back the blocks `pre_request` gave it.
+
+        Blocks it held before this request stay. A pod that answered (even with an error) keeps them: it
+        may have computed the prefix. If another request added the same blocks to the pod meanwhile, they go
+        too; the index is approximate and the next request through that pod puts them back.
+        """
+        if report.responded or report.error == CLIENT_GONE:  # the client left: the pod may well have it
+            return
+        by_pod: dict[str, list[int]] | None = ctx.cycle.data.get(self._added_key)
+        if not by_pod:
+            return
+        added = by_pod.pop(report.endpoint.name, None)
+        if added:
+            self.index.remove(report.endpoint.name, added)
 
     def _auto_size(self, candidates: Sequence[Candidate]) -> None:
         sized_from = self._sized_from

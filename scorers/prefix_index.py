@@ -5,8 +5,10 @@ blocks and each full block gets a chained xxhash64 (seeded by the target model),
 the whole prefix ending at it. Each pod has an LRU of the block hashes routed to it; a global
 hash -> pods map makes a lookup cost O(blocks + matches) instead of O(blocks x pods).
 
-Beyond GIE: an LRU can be sized from the pod's scraped KV capacity (`capacity_from_metrics`), and `forget`
-drops a pod's entries (the prefix-cache scorer calls it when the datastore reports a restart or removal).
+Beyond GIE: an LRU can be sized from the pod's scraped KV capacity (`capacity_from_metrics`), `forget`
+drops a pod's entries (the prefix-cache scorer calls it when the datastore reports a restart or removal),
+`remove` takes back one request's blocks from a pod that never served it, and the request's cache_salt
+seeds the hash chain.
 """
 
 from __future__ import annotations
@@ -26,16 +28,20 @@ CHARS_PER_TOKEN = 4  # a usual average for English text with BPE tokenizers; GIE
 _xxh64 = xxhash.xxh64_intdigest
 
 
-def block_hashes(prompt: str, model: str, block_size: int, max_blocks: int) -> list[int]:
+def block_hashes(
+    prompt: str, model: str, block_size: int, max_blocks: int, salt: str | None = None
+) -> list[int]:
     """Chained hashes of the prompt's leading full blocks (at most `max_blocks`); a partial tail is ignored.
 
     hash(0) = xxh64(model); hash(i) = xxh64(utf8(block_i) + hash(i-1) as 8 little-endian bytes), as in GIE.
-    Blocks are `block_size` characters (equal to GIE's bytes for ASCII prompts).
+    With a `salt` (the request's cache_salt) hash(0) = xxh64(model + "\x00" + salt): vLLM shares no KV
+    cache across salts, so neither may the index. Blocks are `block_size` characters (equal to GIE's bytes
+    for ASCII prompts).
     """
     n = min(len(prompt) // block_size, max_blocks)
     if n == 0:
         return []
-    prev = _xxh64(model.encode())
+    prev = _xxh64(model.encode() if salt is None else f"{model}\x00{salt}".encode())
     out: list[int] = []
     append = out.append
     if prompt.isascii():
@@ -118,8 +124,9 @@ class PrefixIndex:
         return bit is not None and bool(self._holders.get(block_hash, 0) >> bit & 1)
 
     # -- updates ----------------------------------------------------------
-    def insert(self, pod: str, hashes: Sequence[int]) -> None:
-        """Record that `pod` now caches these blocks, refreshing their recency.
+    def insert(self, pod: str, hashes: Sequence[int]) -> list[int]:
+        """Record that `pod` now caches these blocks, refreshing their recency; returns the hashes the pod
+        did not hold before (and still holds), so a caller can `remove` exactly those again.
 
         Inserted last block first, so the leading blocks end up most recent: when the LRU overflows, the
         tail of a prompt goes before its prefix (the order vLLM frees blocks in) and what survives is a
@@ -131,13 +138,30 @@ class PrefixIndex:
             self._take_bit(pod)
         mask = 1 << self._bit[pod]
         holders = self._holders
+        added: list[int] = []
+        # Bound methods hoisted: this loop runs once per prompt block on every request.
+        refresh, held_by, add = lru.move_to_end, holders.get, added.append
         for h in reversed(hashes):
             if h in lru:
-                lru.move_to_end(h)
+                refresh(h)
             else:
                 lru[h] = None
-                holders[h] = holders.get(h, 0) | mask
-        self._evict(lru, mask, self.capacity(pod))
+                holders[h] = held_by(h, 0) | mask
+                add(h)
+        if self._evict(lru, mask, self.capacity(pod)):
+            added = [h for h in added if h in lru]
+        return added
+
+    def remove(self, pod: str, hashes: Sequence[int]) -> None:
+        """Drop these hashes from the pod's LRU (those it does not hold are ignored)."""
+        lru = self._lrus.get(pod)
+        if lru is None:
+            return
+        mask = 1 << self._bit[pod]
+        for h in hashes:
+            if h in lru:
+                del lru[h]
+                self._drop_holder(h, mask)
 
     def set_capacity(self, pod: str, capacity: int | None) -> None:
         """Size the pod's LRU (None: back to the default); shrinking evicts the least recently used."""
@@ -192,10 +216,14 @@ class PrefixIndex:
                 counts[pod] = depth
             mask ^= low
 
-    def _evict(self, lru: OrderedDict[int, None], mask: int, capacity: int) -> None:
+    def _evict(self, lru: OrderedDict[int, None], mask: int, capacity: int) -> bool:
+        """Trim the LRU to `capacity`; True if anything was evicted."""
+        evicted = False
         while len(lru) > capacity:
             h, _ = lru.popitem(last=False)
             self._drop_holder(h, mask)
+            evicted = True
+        return evicted
 
     def _drop_holder(self, h: int, mask: int) -> None:
         left = self._holders.get(h, 0) & ~mask

@@ -9,6 +9,7 @@ import pytest
 from epp.config import ConfigError, RoutingStrategy, builtin_strategy
 from epp.datastore import Datastore
 from epp.scheduling.builder import build_scheduler
+from epp.scheduling.saturation import SaturationDetector
 from scorers.builtin import default_registry
 
 SATURATION = {"queueDepthThreshold": 5, "kvCacheUtilThreshold": 0.8}
@@ -65,15 +66,17 @@ def test_builtin_profile_lists_plugins_in_order(strategy: RoutingStrategy) -> No
 
 @pytest.mark.parametrize("strategy", list(RoutingStrategy))
 def test_builtin_parameters(strategy: RoutingStrategy) -> None:
-    params = {p.type: p.parameters for p in builtin_strategy(strategy).plugins}
-    assert params["saturation-filter"] == SATURATION
+    config = builtin_strategy(strategy)
+    # The thresholds are set once, in the saturationDetector section, not per plugin.
+    assert config.saturation_detector.model_dump(by_alias=True) == SATURATION
+    params = {p.type: p.parameters for p in config.plugins}
+    assert params["saturation-filter"] == {}
     if "prefix-cache-scorer" in params:
         assert params["prefix-cache-scorer"] == PREFIX_SCORER
     if "prefix-affinity-filter" in params:
         assert params["prefix-affinity-filter"] == {
             "threshold": 0.5,
             "prefixPluginRef": "prefix-cache-scorer",
-            **SATURATION,
         }
     for plain in (
         "queue-scorer",
@@ -100,4 +103,4 @@ def test_unknown_strategy_lists_valid_names() -> None:
 @pytest.mark.parametrize("strategy", list(RoutingStrategy))
 def test_builtin_strategies_build_with_the_real_plugins(strategy: RoutingStrategy) -> None:
     scheduler = build_scheduler(builtin_strategy(strategy), Datastore(), default_registry(), random.Random(0))
-    assert scheduler is not None
+    assert scheduler.saturation == SaturationDetector(5, 0.8)

@@ -18,7 +18,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf.internal import api_implementation  # type: ignore[import-untyped]
 
 from epp.datastore import Datastore, Endpoint, MetricsSnapshot
-from epp.picking import PickService
+from epp.requestcontrol.director import Director, DirectorSettings
 from epp.scheduling.profile import assemble_profile
 from epp.scheduling.scheduler import Scheduler
 from epp.scheduling.types import Criticality, LLMRequest, SchedulingResult
@@ -74,7 +74,7 @@ async def _serve(
         }
     )
     recorder = ListRecorder()
-    service = PickService(scheduler, ds, resolver, recorder, rng, "least-request")
+    service = Director(scheduler, ds, resolver, recorder, rng, DirectorSettings("least-request"))
     server = ExtProcServer(
         service, ds, "127.0.0.1", 0, max_body_bytes=4096, fallback_endpoints=fallback_endpoints
     )
@@ -151,13 +151,13 @@ def test_protobuf_is_upb() -> None:
 async def test_refuses_pure_python_protobuf(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(api_implementation, "Type", lambda: "python")
     ds = Datastore()
-    service = PickService(
+    service = Director(
         Scheduler(ds, assemble_profile("p", [(MaxScorePicker(), 1.0)])),
         ds,
         None,
         ListRecorder(),
         random.Random(),
-        "x",
+        DirectorSettings("x"),
     )
     server = ExtProcServer(service, ds)
     with pytest.raises(SlowProtobufError, match="upb"):
@@ -345,9 +345,9 @@ async def test_fallback_endpoints_follow_the_pick_in_score_order() -> None:
         await wait_released(h)
 
 
-async def test_filtered_out_pods_are_not_fallbacks() -> None:
+async def test_unroutable_pods_are_not_fallbacks() -> None:
     async for h in _serve(fallback_endpoints=1):
-        h.ds.update_metrics("pod-b", snapshot(waiting=10_000))  # saturated: the filter drops it
+        h.ds.record_scrape_failure("pod-b", "connection refused")  # unreachable: not a candidate
         call = h.stub.Process()
         resp = await exchange(call, headers_msg("/v1/models", method="GET", eos=True))
         assert set_headers(resp.request_headers.response)[DEST] == b"10.0.0.1:8000"
@@ -358,13 +358,13 @@ async def test_filtered_out_pods_are_not_fallbacks() -> None:
 
 async def test_negative_fallback_count_is_refused() -> None:
     ds = Datastore()
-    service = PickService(
+    service = Director(
         Scheduler(ds, assemble_profile("p", [(MaxScorePicker(), 1.0)])),
         ds,
         None,
         ListRecorder(),
         random.Random(),
-        "x",
+        DirectorSettings("x"),
     )
     with pytest.raises(ValueError, match="fallback_endpoints"):
         ExtProcServer(service, ds, fallback_endpoints=-1)

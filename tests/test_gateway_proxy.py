@@ -98,7 +98,9 @@ async def test_upstream_error_status_and_body_are_forwarded(fleet: SimFleet, gat
         text = (await client.get("/metrics")).text
     assert r.status_code == 500
     assert r.content == direct.content  # the pod's own error body, untouched
-    assert metric_value(text, "epp_gateway_retries_total") == 0  # an answer, even an error, is final
+    # A 5xx before any byte reached the client is retried once elsewhere; the last pod's answer is final.
+    assert metric_value(text, "epp_retries_total", reason="http_5xx") == 1
+    assert metric_value(text, "epp_endpoint_attempts_total", outcome="http_5xx") == 2
 
 
 async def test_client_disconnect_frees_in_flight_and_aborts_upstream() -> None:
@@ -226,7 +228,7 @@ async def test_records_metrics_and_one_access_line_without_secrets(
     pod = r.headers[POD_HEADER]
     route = "/v1/chat/completions"
     assert metric_value(text, "epp_gateway_requests_total", route=route, status="200", endpoint=pod) == 1
-    assert metric_value(text, "epp_gateway_time_to_first_byte_seconds_count", strategy="ROUND_ROBIN") == 1
+    assert metric_value(text, "epp_gateway_time_to_first_token_seconds_count", strategy="ROUND_ROBIN") == 1
     assert metric_value(text, "epp_gateway_request_duration_seconds_count", route=route) == 1
     assert metric_value(text, "epp_picks_total", endpoint=pod) == 1  # epp's own metrics are there too
     lines = [rec.getMessage() for rec in caplog.records if rec.name == "gateway.access"]

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from bench.sim.fleet import SimFleet
@@ -74,8 +75,8 @@ async def test_pod_closing_connections_costs_no_request() -> None:
         assert [r.status_code for r in replies] == [200] * 6
         assert {r.headers[POD_HEADER] for r in replies} == {good}
         text = (await client.get("/metrics")).text
-        assert metric_value(text, "epp_gateway_retries_total") >= 1
-        assert metric_value(text, "epp_gateway_upstream_failures_total", endpoint=bad) >= 1
+        assert metric_value(text, "epp_retries_total") >= 1
+        assert metric_value(text, "epp_endpoint_attempts_total", endpoint=bad, outcome="reset") >= 1
         assert all(s.in_flight == 0 for s in gateway.datastore.states())
 
 
@@ -136,18 +137,21 @@ async def _pod_breaking_off_mid_stream(scope: Scope, receive: Receive, send: Sen
     send.__self__.transport.close()  # type: ignore[attr-defined]  # uvicorn's bound send
 
 
-async def test_pod_breaking_off_mid_stream_truncates_the_client_response() -> None:
+async def test_pod_breaking_off_mid_stream_ends_the_sse_stream_with_an_error_event() -> None:
     pod = EmbeddedServer(_pod_breaking_off_mid_stream, "127.0.0.1", 0, "critical")
     port = await pod.start()
     try:
         async with serving(f"127.0.0.1:{port}") as gateway, client_of(gateway) as client:
             received = []
-            with pytest.raises(httpx.RemoteProtocolError):
-                async with client.stream("POST", "/v1/completions", json=completion("x", stream=True)) as r:
-                    assert r.status_code == 200
-                    async for line in r.aiter_lines():
+            async with client.stream("POST", "/v1/completions", json=completion("x", stream=True)) as r:
+                assert r.status_code == 200
+                async for line in r.aiter_lines():
+                    if line:
                         received.append(line)
-            assert received[0] == "data: {}"  # what the pod sent got through; then the truncation did too
+            assert received[0] == "data: {}"  # what the pod sent got through, then a clear error and [DONE]
+            error = orjson.loads(received[1].removeprefix("data: "))["error"]
+            assert error["code"] == "upstream_aborted" and error["type"] == "api_error"
+            assert received[2:] == ["data: [DONE]"]
             text = (await client.get("/metrics")).text
             assert metric_value(text, "epp_gateway_requests_total", result="upstream_aborted") == 1
             assert gateway.datastore.states()[0].in_flight == 0
@@ -174,9 +178,9 @@ spec: {{modelName: batch, criticality: Sheddable, poolRef: {{name: pool}}, targe
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
 metadata: {{name: shed-when-busy}}
+saturationDetector: {{queueDepthThreshold: 5, kvCacheUtilThreshold: 0.001}}
 plugins:
 - type: saturation-filter
-  parameters: {{queueDepthThreshold: 5, kvCacheUtilThreshold: 0.001}}
 - type: max-score-picker
 schedulingProfiles:
 - name: default

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from epp.config.picker_config import EndpointPickerConfig
 from epp.datastore import Datastore, Endpoint, MetricsSnapshot
 from epp.metrics import EppMetrics
-from epp.picking import PickService
+from epp.requestcontrol.director import Director, DirectorSettings
 from epp.scheduling.builder import build_scheduler
 from epp.scheduling.types import Criticality
 from epp.servers.http import create_http_app
@@ -83,7 +83,7 @@ async def harness() -> AsyncIterator[Harness]:
     rng = random.Random(7)
     config = EndpointPickerConfig.model_validate(PICKER_CONFIG)
     scheduler = build_scheduler(config, ds, default_registry(), rng)
-    service = PickService(scheduler, ds, Models(), metrics, rng, "PREFIX_CACHE")
+    service = Director(scheduler, ds, Models(), metrics, rng, DirectorSettings("PREFIX_CACHE"))
     app = create_http_app(service, ds, metrics.registry, max_body_bytes=4096)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://epp") as client:

@@ -137,3 +137,37 @@ def test_match_many_pods_dropping_out_at_different_depths_and_bit_reuse() -> Non
     expected["newcomer"] = 7
     assert index.match(p) == expected
     assert not index.holds("newcomer", p[7])
+
+
+def test_salt_seeds_the_chain() -> None:
+    prompt = text(3)
+    unsalted = block_hashes(prompt, MODEL, 64, 256)
+    assert block_hashes(prompt, MODEL, 64, 256, salt=None) == unsalted  # GIE-compatible without a salt
+    one = block_hashes(prompt, MODEL, 64, 256, salt="s1")
+    assert one == block_hashes(prompt, MODEL, 64, 256, salt="s1")
+    two = block_hashes(prompt, MODEL, 64, 256, salt="s2")
+    assert not set(one) & set(two) and not set(one) & set(unsalted)
+    seed = xxhash.xxh64_intdigest(f"{MODEL}\x00s1".encode())
+    assert one[0] == xxhash.xxh64_intdigest(prompt[:64].encode() + seed.to_bytes(8, "little"))
+
+
+def test_insert_returns_new_hashes_and_remove_takes_exactly_those_back() -> None:
+    index = PrefixIndex()
+    assert index.insert("a", [1, 2]) == [2, 1]  # inserted last block first
+    added = index.insert("a", [1, 2, 3, 4])
+    assert sorted(added) == [3, 4]
+    index.insert("b", [3])
+    index.remove("a", added)
+    assert index.entries("a") == [2, 1]
+    assert index.match([1, 2, 3]) == {"a": 2}
+    assert index.holds("b", 3) and index._holders[3] == 1 << index._bit["b"]  # b keeps its copy
+    index.remove("a", [99])  # not held: ignored
+    index.remove("nobody", [1])
+    assert index.entries("a") == [2, 1]
+
+
+def test_insert_does_not_report_hashes_evicted_at_once() -> None:
+    index = PrefixIndex(default_capacity=2)
+    added = index.insert("a", [1, 2, 3])  # 3 goes in first and falls out when 1 arrives
+    assert sorted(added) == [1, 2]
+    assert sorted(index.entries("a")) == [1, 2]

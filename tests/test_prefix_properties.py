@@ -1,4 +1,5 @@
-"""Property tests of the prefix index: prefix matches after a pick, and LRU bounds under random inserts."""
+"""Property tests of the prefix index: prefix matches after a request is sent, LRU bounds under random
+inserts, and a consistent global map under any mix of insert, remove, forget and resize."""
 
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ def test_any_prefix_of_a_routed_prompt_matches_fully_on_its_pod(
     prompt: str, cut: float, block_size: int, max_blocks: int, other: str
 ) -> None:
     scorer = PrefixCacheScorer(block_size=block_size, max_prefix_blocks=max_blocks, auto_size_lru=False)
-    scorer.on_pick(ctx(prompt), PODS[0])
-    scorer.on_pick(ctx(other, model="another-model"), PODS[1])  # same text elsewhere must not count
+    scorer.pre_request(ctx(prompt), PODS[0].endpoint)
+    scorer.pre_request(ctx(other, model="another-model"), PODS[1].endpoint)  # same text elsewhere: no count
 
     q = prompt[: int(len(prompt) * cut)]
     query = ctx(q)
@@ -86,6 +87,7 @@ operations = st.lists(
         st.tuples(st.just("insert"), st.sampled_from(POD_NAMES), st.lists(st.integers(0, 12), max_size=12)),
         st.tuples(st.just("forget"), st.sampled_from(POD_NAMES), st.just([])),
         st.tuples(st.just("resize"), st.sampled_from(POD_NAMES), st.lists(st.integers(1, 10), max_size=1)),
+        st.tuples(st.just("remove"), st.sampled_from(POD_NAMES), st.lists(st.integers(0, 12), max_size=6)),
     ),
     max_size=60,
 )
@@ -102,6 +104,8 @@ def test_match_equals_naive_longest_prefix_per_pod(
             index.insert(pod, arg)
         elif op == "forget":
             index.forget(pod)
+        elif op == "remove":
+            index.remove(pod, arg)
         else:
             index.set_capacity(pod, arg[0] if arg else None)
     expected = {}
@@ -113,3 +117,27 @@ def test_match_equals_naive_longest_prefix_per_pod(
         if n:
             expected[pod] = n
     assert index.match(query) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    before=st.lists(st.integers(0, 30), max_size=20),
+    request=st.lists(st.integers(0, 30), max_size=20),
+    capacity=st.integers(1, 40),
+)
+def test_remove_of_inserted_hashes_restores_what_the_pod_held(
+    before: list[int], request: list[int], capacity: int
+) -> None:
+    index = PrefixIndex(default_capacity=capacity)
+    index.insert("a", before)
+    index.insert("b", request)  # another pod's copies must survive a's removal
+    held_before = set(index.entries("a"))
+    added = index.insert("a", request)
+    assert set(added) == set(index.entries("a")) - held_before  # exactly the new, still-held hashes
+    index.remove("a", added)
+    assert set(index.entries("a")) <= held_before  # eviction by the insert may have cost older entries
+    assert set(index.entries("a")) == {h for h in held_before if index.holds("a", h)}
+    for h in range(31):
+        holders = {pod for pod in ("a", "b") if h in index.entries(pod)}
+        assert {pod for pod in ("a", "b") if index.holds(pod, h)} == holders
+    assert set(index._holders) == set(index.entries("a")) | set(index.entries("b"))

@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 
 from epp.datastore import Datastore, Endpoint, MetricsSnapshot
-from epp.scheduling.plugins import PluginConfigError, PluginDeps, PluginRegistry, PostPick, Scorer
-from epp.scheduling.types import Candidate, LLMRequest, SchedulingContext
+from epp.scheduling.plugins import (
+    PluginConfigError,
+    PluginDeps,
+    PluginRegistry,
+    PreRequest,
+    RequestFailed,
+    Scorer,
+)
+from epp.scheduling.types import AttemptReport, Candidate, LLMRequest, SchedulingContext
 from scorers import prefix_cache_scorer
 from scorers.prefix_cache_scorer import PrefixCacheScorer, factory
 
@@ -37,34 +44,34 @@ def blocks(n: int, seed: str = "p") -> str:
     return "".join(f"{seed}{i:05d}".ljust(64, ".") for i in range(n))
 
 
-def test_is_scorer_and_post_pick_and_registers() -> None:
+def test_is_scorer_and_lifecycle_hooks_and_registers() -> None:
     plugin = PrefixCacheScorer()
-    assert isinstance(plugin, Scorer) and isinstance(plugin, PostPick)
+    assert isinstance(plugin, Scorer) and isinstance(plugin, PreRequest) and isinstance(plugin, RequestFailed)
     registry = PluginRegistry()
     prefix_cache_scorer.register(registry)
     built = registry.build("prefix-cache-scorer", "pc", {}, PluginDeps(Datastore()))
     assert isinstance(built, PrefixCacheScorer) and built.name == "pc"
 
 
-def test_ratio_math_and_learning_from_picks() -> None:
+def test_ratio_math_and_learning_from_sent_requests() -> None:
     plugin = PrefixCacheScorer(auto_size_lru=False)
     a, b = cand("a"), cand("b")
     first = ctx(blocks(4))
     assert plugin.score(first, [a, b]) == {"a": 0.0, "b": 0.0}
-    plugin.on_pick(first, a)
+    plugin.pre_request(first, a.endpoint)
 
     second = ctx(blocks(4) + blocks(4, seed="q") + "partial")  # 8 full blocks, 4 shared
     assert plugin.score(second, [a, b]) == {"a": 0.5, "b": 0.0}
     assert plugin.matched_blocks(second) == {"a": 4}
     assert plugin.total_blocks(second) == 8
-    plugin.on_pick(second, b)
+    plugin.pre_request(second, b.endpoint)
     assert plugin.score(ctx(blocks(8)[: 64 * 3]), [a, b]) == {"a": 1.0, "b": 1.0}
 
 
 def test_no_full_block_scores_zero() -> None:
     plugin = PrefixCacheScorer()
     short = ctx("hello")
-    plugin.on_pick(short, cand("a"))
+    plugin.pre_request(short, cand("a").endpoint)
     assert plugin.score(ctx("hello"), [cand("a")]) == {"a": 0.0}
 
 
@@ -76,7 +83,7 @@ def test_hashes_computed_once_per_cycle() -> None:
     assert len(cached) == 1
     stored = c.cycle.data[cached[0]]
     plugin.score(c, [cand("a"), cand("b")])
-    plugin.on_pick(c, cand("a"))
+    plugin.pre_request(c, cand("a").endpoint)
     assert c.cycle.data[cached[0]] is stored
     assert len(stored.hashes) == 3
 
@@ -84,7 +91,7 @@ def test_hashes_computed_once_per_cycle() -> None:
 def test_two_instances_do_not_share_cycle_entries() -> None:
     one, two = PrefixCacheScorer(name="one"), PrefixCacheScorer(name="two")
     learn = ctx(blocks(2))
-    one.on_pick(learn, cand("a"))
+    one.pre_request(learn, cand("a").endpoint)
     c = ctx(blocks(2))
     assert one.score(c, [cand("a")]) == {"a": 1.0}
     assert two.score(c, [cand("a")]) == {"a": 0.0}
@@ -97,7 +104,7 @@ def test_auto_size_from_metrics_and_resize_on_later_scrape() -> None:
     c = ctx(blocks(20))
     plugin.match_ratios(c, [small])
     assert plugin.index.capacity("a") == 10
-    plugin.on_pick(c, small)
+    plugin.pre_request(c, small.endpoint)
     assert plugin.index.size("a") == 10
     assert plugin.score(ctx(blocks(20)), [small]) == {"a": 0.5}  # the leading 10 blocks survive
 
@@ -114,7 +121,7 @@ def test_auto_size_from_metrics_and_resize_on_later_scrape() -> None:
 def test_auto_size_off_uses_configured_capacity() -> None:
     plugin = PrefixCacheScorer(lru_capacity_per_server=5, auto_size_lru=False)
     pod = cand("a", snap(block_size=16, gpu_blocks=1000))
-    plugin.on_pick(ctx(blocks(9)), pod)
+    plugin.pre_request(ctx(blocks(9)), pod.endpoint)
     assert plugin.index.capacity("a") == 5
     assert plugin.index.size("a") == 5
 
@@ -127,8 +134,8 @@ def test_forgets_pod_on_removed_and_restarted_via_datastore() -> None:
     ds.update_metrics("a", snap(1.0, start=100.0))
     ds.update_metrics("b", snap(1.0, start=100.0))
     ca, cb = Candidate.from_state(ds.get("a")), Candidate.from_state(ds.get("b"))  # type: ignore[arg-type]
-    plugin.on_pick(ctx(blocks(3)), ca)
-    plugin.on_pick(ctx(blocks(3)), cb)
+    plugin.pre_request(ctx(blocks(3)), ca.endpoint)
+    plugin.pre_request(ctx(blocks(3)), cb.endpoint)
     assert plugin.score(ctx(blocks(3)), [ca, cb]) == {"a": 1.0, "b": 1.0}
 
     ds.update_metrics("a", snap(2.0, start=200.0))  # new process start time: restart
@@ -165,3 +172,49 @@ def test_params_accepted_including_gie_spelling() -> None:
     )
     assert (plugin.block_size, plugin.max_prefix_blocks, plugin.index.default_capacity) == (32, 8, 100)
     assert plugin.auto_size_lru is False
+
+
+def sent(plugin: PrefixCacheScorer, c: SchedulingContext, pod: Candidate) -> None:
+    plugin.score(c, [pod])
+    plugin.pre_request(c, pod.endpoint)
+
+
+def test_refused_attempt_takes_back_only_the_blocks_it_added() -> None:
+    plugin = PrefixCacheScorer(auto_size_lru=False)
+    a, b = cand("a"), cand("b")
+    sent(plugin, ctx(blocks(2)), a)  # a already holds the first two blocks
+    c = ctx(blocks(5))
+    sent(plugin, c, a)
+    assert plugin.index.size("a") == 5
+    plugin.request_failed(c, AttemptReport(a.endpoint, error="connect_failed"))
+    assert plugin.index.size("a") == 2  # the three new blocks went, the two it had stay
+    assert plugin.score(ctx(blocks(5)), [a]) == {"a": 0.4}
+    # The retry on b is remembered; a second failure report for a changes nothing.
+    plugin.pre_request(c, b.endpoint)
+    plugin.request_failed(c, AttemptReport(a.endpoint, error="connect_failed"))
+    assert plugin.score(ctx(blocks(5)), [a, b]) == {"a": 0.4, "b": 1.0}
+
+
+def test_answered_attempt_keeps_its_blocks() -> None:
+    plugin = PrefixCacheScorer(auto_size_lru=False)
+    a = cand("a")
+    c = ctx(blocks(3))
+    sent(plugin, c, a)
+    plugin.request_failed(c, AttemptReport(a.endpoint, status=500, responded=True, error="http_5xx"))
+    assert plugin.index.size("a") == 3
+    other = ctx(blocks(3, seed="z"))
+    plugin.request_failed(other, AttemptReport(a.endpoint))  # never sent anywhere: nothing to take back
+    assert plugin.index.size("a") == 3
+
+
+def test_cache_salt_separates_prefixes() -> None:
+    plugin = PrefixCacheScorer(auto_size_lru=False)
+    a = cand("a")
+
+    def salted(salt: str | None) -> SchedulingContext:
+        return SchedulingContext(LLMRequest("r", MODEL, MODEL, blocks(4), cache_salt=salt))
+
+    plugin.pre_request(salted("tenant-1"), a.endpoint)
+    assert plugin.score(salted("tenant-1"), [a]) == {"a": 1.0}
+    assert plugin.score(salted("tenant-2"), [a]) == {"a": 0.0}
+    assert plugin.score(salted(None), [a]) == {"a": 0.0}

@@ -226,3 +226,22 @@ def test_real_model_registry_resolves_and_empty_one_passes_through() -> None:
         )
     req = parse_request(body, {}, CHAT_PATH, ModelRegistry(), random.Random(0)).request
     assert (req.target_model, req.lora_adapter) == ("food", None)
+
+
+def test_cache_salt_is_kept_for_prefix_matching() -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    salted = orjson.dumps({"model": "m", "messages": messages, "cache_salt": "tenant-7"})
+    assert parse(salted).request.cache_salt == "tenant-7"
+    assert parse(chat_body(messages)).request.cache_salt is None
+    null = orjson.dumps({"model": "m", "messages": messages, "cache_salt": None})
+    assert parse(null).request.cache_salt is None
+    completion = orjson.dumps({"model": "m", "prompt": "p", "cache_salt": "s"})
+    assert parse(completion, COMPLETIONS_PATH).request.cache_salt == "s"
+
+
+@pytest.mark.parametrize("salt", ["", 7, ["s"], {"s": 1}, True])
+def test_bad_cache_salt_is_400(salt: object) -> None:
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "cache_salt": salt})
+    with pytest.raises(RequestError) as err:
+        parse(body)
+    assert (err.value.status, err.value.param) == (400, "cache_salt")

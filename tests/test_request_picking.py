@@ -1,4 +1,4 @@
-"""PickService over a real Scheduler and Datastore: outcomes, recorded decisions, error replies."""
+"""Director over a real Scheduler and Datastore: outcomes, recorded decisions, error replies."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from epp.datastore import Datastore, Endpoint, MetricsSnapshot
-from epp.picking import ErrorReply, NullRecorder, PickService, error_reply
+from epp.picking import ErrorReply, NullRecorder, error_reply
+from epp.requestcontrol.director import Director, DirectorSettings
 from epp.request import CHAT_PATH, RequestError
 from epp.scheduling.profile import assemble_profile
 from epp.scheduling.scheduler import Scheduler
@@ -51,12 +52,12 @@ def make_datastore() -> Datastore:
 
 def make_service(
     ds: Datastore, resolver: DictResolver | None = None, recorder: ListRecorder | None = None
-) -> PickService:
+) -> Director:
     rng = random.Random(1)
     profile = assemble_profile(
         "default", [(SaturationFilter(), 1.0), (LeastRequestScorer(), 1.0), (MaxScorePicker(rng=rng), 1.0)]
     )
-    return PickService(Scheduler(ds, profile), ds, resolver, recorder or ListRecorder(), rng, "least-request")
+    return Director(Scheduler(ds, profile), ds, resolver, recorder or ListRecorder(), rng, DirectorSettings("least-request"))
 
 
 def chat(model: str = "m", content: str = "hi") -> bytes:
@@ -65,7 +66,7 @@ def chat(model: str = "m", content: str = "hi") -> bytes:
 
 def test_pick_ok_records_and_does_not_acquire() -> None:
     ds, rec = make_datastore(), ListRecorder()
-    outcome = make_service(ds, recorder=rec).pick(chat(), {"x-request-id": "r1"}, CHAT_PATH)
+    outcome = make_service(ds, recorder=rec).begin(chat(), {"x-request-id": "r1"}, CHAT_PATH)
     assert outcome.request.request_id == "r1"
     assert outcome.result.endpoint.name == "pod-a"  # pod-b has a queue
     assert outcome.rewritten_body is None
@@ -76,7 +77,7 @@ def test_pick_ok_records_and_does_not_acquire() -> None:
 
 
 def test_bodyless_request_on_non_inference_path_is_routed() -> None:
-    outcome = make_service(make_datastore()).pick(b"", {}, "/v1/models")
+    outcome = make_service(make_datastore()).begin(b"", {}, "/v1/models")
     assert outcome.request.prompt == "" and outcome.request.model == ""
     assert outcome.result.endpoint.name == "pod-a"
 
@@ -84,14 +85,14 @@ def test_bodyless_request_on_non_inference_path_is_routed() -> None:
 def test_empty_body_on_inference_path_is_400() -> None:
     rec = ListRecorder()
     with pytest.raises(RequestError) as info:
-        make_service(make_datastore(), recorder=rec).pick(b"", {}, CHAT_PATH)
+        make_service(make_datastore(), recorder=rec).begin(b"", {}, CHAT_PATH)
     assert info.value.status == 400
     assert rec.decisions[0][1] == "bad_request"
 
 
 def test_rewrite_returns_new_body_and_lora() -> None:
     resolver = DictResolver({"food": ModelSpec(Criticality.STANDARD, ["food-lora"])})
-    outcome = make_service(make_datastore(), resolver).pick(chat("food"), {}, CHAT_PATH)
+    outcome = make_service(make_datastore(), resolver).begin(chat("food"), {}, CHAT_PATH)
     assert outcome.request.lora_adapter == "food-lora"
     assert outcome.rewritten_body is not None
     assert orjson.loads(outcome.rewritten_body)["model"] == "food-lora"
@@ -100,9 +101,9 @@ def test_rewrite_returns_new_body_and_lora() -> None:
 def test_adapter_loaded_on_a_pod_is_recognised() -> None:
     ds = make_datastore()
     ds.update_metrics("pod-b", snapshot(waiting=3, loras=frozenset({"sql-lora"})))
-    outcome = make_service(ds).pick(chat("sql-lora"), {}, CHAT_PATH)
+    outcome = make_service(ds).begin(chat("sql-lora"), {}, CHAT_PATH)
     assert outcome.request.lora_adapter == "sql-lora"
-    assert make_service(ds).pick(chat("base"), {}, CHAT_PATH).request.lora_adapter is None
+    assert make_service(ds).begin(chat("base"), {}, CHAT_PATH).request.lora_adapter is None
 
 
 def test_shed_and_no_endpoint_are_recorded_and_raised() -> None:
@@ -112,14 +113,14 @@ def test_shed_and_no_endpoint_are_recorded_and_raised() -> None:
     resolver = DictResolver({"bulk": ModelSpec(Criticality.SHEDDABLE), "m": ModelSpec()})
     service = make_service(ds, resolver, rec)
     with pytest.raises(ShedError):
-        service.pick(chat("bulk"), {}, CHAT_PATH)
-    assert service.pick(chat("m"), {}, CHAT_PATH).result.endpoint.name in {
+        service.begin(chat("bulk"), {}, CHAT_PATH)
+    assert service.begin(chat("m"), {}, CHAT_PATH).result.endpoint.name in {
         "pod-a",
         "pod-b",
     }  # Standard queues
     ds.set_endpoints([])
     with pytest.raises(NoEndpointError):
-        service.pick(chat("m"), {}, CHAT_PATH)
+        service.begin(chat("m"), {}, CHAT_PATH)
     assert [d[1] for d in rec.decisions] == ["shed", "ok", "no_endpoint"]
 
 
@@ -129,9 +130,16 @@ def test_unexpected_scheduler_failure_is_recorded_as_error() -> None:
             raise KeyError("boom")
 
     rec = ListRecorder()
-    service = PickService(Broken(), make_datastore(), None, rec, random.Random(0), "x")
+    service = Director(
+        Broken(),  # type: ignore[arg-type]
+        make_datastore(),
+        None,
+        rec,
+        random.Random(0),
+        DirectorSettings("x"),
+    )
     with pytest.raises(KeyError):
-        service.pick(chat(), {}, CHAT_PATH)
+        service.begin(chat(), {}, CHAT_PATH)
     assert rec.decisions[0][1] == "error"
 
 
@@ -155,5 +163,5 @@ def test_error_replies_are_openai_shaped() -> None:
 
 def test_null_recorder_accepts_decisions() -> None:
     ds = make_datastore()
-    service = PickService(make_service(ds).scheduler, ds, None, NullRecorder(), random.Random(0), "x")
-    assert service.pick(chat(), {}, CHAT_PATH).result.endpoint.name == "pod-a"
+    service = Director(make_service(ds).scheduler, ds, None, NullRecorder(), random.Random(0), DirectorSettings("x"))
+    assert service.begin(chat(), {}, CHAT_PATH).result.endpoint.name == "pod-a"

@@ -5,12 +5,12 @@ from typing import Any
 import pytest
 
 from epp.scheduling.plugins import PluginConfigError, PluginDeps, PluginRegistry, ScoredCandidate
+from epp.scheduling.saturation import SaturationDetector
 from epp.scheduling.types import Criticality, ShedError
 from scorers import saturation_filter
 from scorers.max_score_picker import MaxScorePicker
 from scorers.random_picker import RandomPicker
 from scorers.round_robin_picker import RoundRobinPicker
-from scorers.saturation import SaturationThresholds
 from scorers.saturation_filter import SaturationFilter
 from tests.test_sched_support import cand, ctx, datastore, request
 
@@ -45,32 +45,26 @@ def test_saturation_filter_all_saturated_by_criticality() -> None:
     assert err.value.status == 429
 
 
-def test_saturation_filter_params_and_validation() -> None:
+def test_saturation_filter_uses_the_shared_detector_and_takes_no_parameters() -> None:
     registry = PluginRegistry()
     saturation_filter.register(registry)
-    deps = PluginDeps(datastore=datastore({}))
-    f = registry.build(
-        "saturation-filter", "sat", {"queueDepthThreshold": 10, "kvCacheUtilThreshold": 0.9}, deps
-    )
+    deps = PluginDeps(datastore=datastore({}), saturation=SaturationDetector(10, 0.9))
+    f = registry.build("saturation-filter", "sat", {}, deps)
     assert isinstance(f, SaturationFilter)
-    assert f.thresholds == SaturationThresholds(10, 0.9)
+    assert f.saturation is deps.saturation
     # QUEUED (5 waiting) and FULL (kv 0.8) are fine under the raised thresholds.
     assert names(f.filter(ctx(request(criticality=Criticality.SHEDDABLE)), [QUEUED, FULL])) == [
         "queued",
         "full",
     ]
-    default = registry.build("saturation-filter", "sat", {}, deps)
-    assert default.thresholds == SaturationThresholds()  # type: ignore[attr-defined]
-    cases: list[tuple[dict[str, Any], str]] = [
-        ({"queueDepthThreshold": 0}, "queueDepthThreshold"),
-        ({"queueDepthThreshold": "5"}, "queueDepthThreshold"),
-        ({"kvCacheUtilThreshold": 1.5}, "kvCacheUtilThreshold"),
-        ({"kvCacheUtilThreshold": 0}, "kvCacheUtilThreshold"),
-        ({"queueDepth": 3}, "queueDepth"),
-    ]
-    for bad, field in cases:
-        with pytest.raises(PluginConfigError, match=rf"plugin 'sat'.*{field}"):
+    default = registry.build("saturation-filter", "sat", {}, PluginDeps(datastore=datastore({})))
+    assert default.saturation == SaturationDetector()  # type: ignore[attr-defined]
+    moved: list[dict[str, Any]] = [{"queueDepthThreshold": 10}, {"kvCacheUtilThreshold": 0.9}]
+    for bad in moved:
+        with pytest.raises(PluginConfigError, match=r"plugin 'sat'.*moved to .*saturationDetector"):
             registry.build("saturation-filter", "sat", bad, deps)
+    with pytest.raises(PluginConfigError, match=r"plugin 'sat'.*queueDepth"):
+        registry.build("saturation-filter", "sat", {"queueDepth": 3}, deps)
 
 
 def scored(*pairs: tuple[str, float]) -> list[ScoredCandidate]:

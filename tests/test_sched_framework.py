@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from epp.config.picker_config import EndpointPickerConfig
+from epp.datastore import Endpoint
 from epp.scheduling.builder import build_scheduler
 from epp.scheduling.plugins import PluginConfigError, PluginDeps, PluginRegistry
 from epp.scheduling.scheduler import Scheduler, UnknownProfileError
@@ -24,7 +25,7 @@ from tests.test_sched_support import datastore, request, snap
 
 
 class Recorder:
-    """Filter (drops names in `drop`), scorer (fixed scores) and PostPick at once."""
+    """Filter (drops names in `drop`), scorer (fixed scores) and PreRequest hook at once."""
 
     def __init__(self, name: str, params: Mapping[str, Any]) -> None:
         self.name = name
@@ -40,8 +41,8 @@ class Recorder:
     def score(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> dict[str, float]:
         return {c.name: self.fixed.get(c.name, 0.0) for c in candidates}
 
-    def on_pick(self, ctx: SchedulingContext, picked: Candidate) -> None:
-        self.picked.append((ctx.request.request_id, picked.name))
+    def pre_request(self, ctx: SchedulingContext, endpoint: Endpoint) -> None:
+        self.picked.append((ctx.request.request_id, endpoint.name))
 
 
 class FixedScorer:
@@ -113,12 +114,15 @@ def test_plugin_used_in_every_role_it_implements() -> None:
     rec = sched.profile().filters[0]
     assert isinstance(rec, Recorder)
     assert [w.scorer for w in sched.profile().scorers] == [rec]
-    assert sched.profile().post_picks == [rec]
+    assert sched.profile().pre_requests == [rec]
     result = sched.schedule(request(request_id="req-7"))
     assert rec.filtered == [["a", "b", "c"]]
     assert result.candidates_after_filters == ["a", "b"]
     assert result.endpoint.name == "b"
-    assert rec.picked == [("req-7", "b")]  # PostPick told about the pick
+    assert rec.picked == []  # hooks are the director's to call, not the scheduler's
+    for hook in sched.profile(result.profile).pre_requests:
+        hook.pre_request(result.context, result.endpoint)
+    assert rec.picked == [("req-7", "b")]
 
 
 def test_weighted_totals_decide_the_pick_and_weight_zero_is_still_reported() -> None:
@@ -244,9 +248,9 @@ def test_factories_see_plugins_built_before_them() -> None:
     [
         ([{"type": "nonexistent"}], {"p": ["nonexistent"]}, r"plugin 'nonexistent'.*unknown plugin type"),
         (
-            [{"type": "saturation-filter", "name": "sat", "parameters": {"queueDepthThreshold": -1}}],
+            [{"type": "saturation-filter", "name": "sat", "parameters": {"queueDepth": 1}}],
             {"p": ["sat"]},
-            r"plugin 'sat'.*queueDepthThreshold",
+            r"plugin 'sat'.*queueDepth",
         ),
         (
             [{"type": "random-picker"}, {"type": "max-score-picker"}],
@@ -272,8 +276,6 @@ def test_build_errors_name_the_culprit(plugins, profiles, match) -> None:
 
 
 def test_candidates_follow_in_flight_metrics_and_endpoint_changes() -> None:
-    from epp.datastore import Endpoint
-
     sched = build(
         [{"type": "least-request-scorer"}, {"type": "max-score-picker"}],
         {"p": ["least-request-scorer", "max-score-picker"]},
@@ -301,3 +303,88 @@ def test_picker_sees_totals_that_changed_since_the_last_decision() -> None:
     assert sched.schedule(request()).endpoint.name == "a"
     scorer.fixed = {"a": 0.1, "c": 0.9}
     assert sched.schedule(request()).endpoint.name == "c"
+
+
+class WildScorer:
+    """Returns out-of-range values: the scheduler must clamp them before weighting."""
+
+    def __init__(self, name: str, params: Mapping[str, Any]) -> None:
+        self.name = name
+
+    def score(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> dict[str, float]:
+        return {"a": float("nan"), "b": 7.5, "c": -3.0}
+
+
+def test_scores_are_clamped_to_unit_range_before_weighting() -> None:
+    reg = registry()
+    reg.register("wild", lambda name, params, deps: WildScorer(name, params))
+    plugins = [
+        {"type": "wild"},
+        {"type": "fixed", "name": "s", "parameters": {"scores": {"a": 0.5, "c": 1.0}}},
+        {"type": "max-score-picker"},
+    ]
+    cfg = config(plugins, {"p": [{"pluginRef": "wild", "weight": 10}, "s", "max-score-picker"]})
+    sched = build_scheduler(cfg, datastore(PODS), reg, random.Random(0))
+    result = sched.schedule(request())
+    assert result.scores["wild"] == {"a": 0.0, "b": 1.0, "c": 0.0}  # NaN -> 0, 7.5 -> 1, -3 -> 0
+    assert result.total_scores == pytest.approx({"a": 0.5, "b": 10.0, "c": 1.0})
+    assert result.endpoint.name == "b"
+    assert result.scores["s"] == {"a": 0.5, "b": 0.0, "c": 1.0}  # in-range scores pass unchanged
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+
+    def observe_plugin(
+        self, extension_point: str, plugin_type: str, plugin_name: str, seconds: float
+    ) -> None:
+        assert seconds >= 0.0
+        self.calls.append((extension_point, plugin_type, plugin_name))
+
+
+def test_timer_sees_every_plugin_call_with_its_config_type() -> None:
+    timer = Timer()
+    cfg = config(
+        [
+            {"type": "saturation-filter", "name": "sat"},
+            {"type": "fixed", "name": "likes-a", "parameters": {"scores": {"a": 1.0}}},
+            {"type": "max-score-picker"},
+        ],
+        {"p": ["sat", "likes-a", "max-score-picker"]},
+    )
+    sched = build_scheduler(cfg, datastore(PODS), registry(), random.Random(0), timer=timer)
+    sched.schedule(request())
+    assert timer.calls == [
+        ("filter", "saturation-filter", "sat"),
+        ("scorer", "fixed", "likes-a"),
+        ("picker", "max-score-picker", "max-score-picker"),
+    ]
+    untimed = build(
+        [{"type": "random-picker"}], {"p": ["random-picker"]}
+    )  # no timer: nothing observed, nothing breaks
+    assert untimed.timer is None and untimed.schedule(request()).endpoint.name in PODS
+
+
+def test_epp_metrics_is_a_plugin_timer() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from epp.metrics import EppMetrics
+
+    ds = datastore(PODS)
+    metrics = EppMetrics(ds)
+    cfg = config(
+        [{"type": "least-request-scorer"}, {"type": "max-score-picker", "name": "pick"}],
+        {"p": ["least-request-scorer", "pick"]},
+    )
+    build_scheduler(cfg, ds, registry(), random.Random(0), timer=metrics).schedule(request())
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render().decode())}
+    counts = {
+        (s.labels["extension_point"], s.labels["plugin_type"], s.labels["plugin_name"]): s.value
+        for s in families["epp_plugin_duration_seconds"].samples
+        if s.name.endswith("_count")
+    }
+    assert counts == {
+        ("scorer", "least-request-scorer", "least-request-scorer"): 1.0,
+        ("picker", "max-score-picker", "pick"): 1.0,
+    }

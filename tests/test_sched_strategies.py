@@ -7,6 +7,7 @@ from epp.config import RoutingStrategy, builtin_strategy
 from epp.datastore import Datastore, MetricsSnapshot
 from epp.scheduling.builder import build_scheduler
 from epp.scheduling.scheduler import Scheduler
+from epp.scheduling.types import LLMRequest, SchedulingResult
 from scorers.builtin import default_registry
 from tests.test_sched_support import datastore, request, snap
 
@@ -15,6 +16,14 @@ SHARED = "You are a helpful assistant. " * 120  # ~3.5K chars, many 64-char bloc
 
 def scheduler(strategy: RoutingStrategy, ds: Datastore, seed: int = 0) -> Scheduler:
     return build_scheduler(builtin_strategy(strategy), ds, default_registry(), random.Random(seed))
+
+
+def sent(sched: Scheduler, req: LLMRequest) -> SchedulingResult:
+    """Schedule, then run the before-request hooks as the director does when it forwards the request."""
+    result = sched.schedule(req)
+    for hook in sched.profile(result.profile).pre_requests:
+        hook.pre_request(result.context, result.endpoint)
+    return result
 
 
 def idle_pods(n: int = 4) -> dict[str, MetricsSnapshot]:
@@ -46,21 +55,21 @@ def test_every_builtin_strategy_builds_and_schedules(strategy: RoutingStrategy) 
 
 def test_prefix_cache_sticks_requests_sharing_a_prefix_to_one_pod() -> None:
     sched = scheduler(RoutingStrategy.PREFIX_CACHE, datastore(idle_pods()))
-    results = [sched.schedule(request(SHARED + f"question number {i}")) for i in range(20)]
+    results = [sent(sched, request(SHARED + f"question number {i}")) for i in range(20)]
     assert len({r.endpoint.name for r in results}) == 1
     assert results[0].prefix_match_ratio == 0.0  # nothing cached yet
     assert all(r.prefix_match_ratio is not None and r.prefix_match_ratio > 0.9 for r in results[1:])
     # Round robin spreads the same requests: the stickiness above comes from the strategy.
     rr = scheduler(RoutingStrategy.ROUND_ROBIN, datastore(idle_pods()))
-    assert len({rr.schedule(request(SHARED + f"q{i}")).endpoint.name for i in range(20)}) == 4
+    assert len({sent(rr, request(SHARED + f"q{i}")).endpoint.name for i in range(20)}) == 4
 
 
 def test_prefix_cache_moves_off_a_saturated_pod_holding_the_prefix() -> None:
     ds = datastore(idle_pods())
     sched = scheduler(RoutingStrategy.PREFIX_CACHE, ds)
-    home = sched.schedule(request(SHARED + "first")).endpoint.name
+    home = sent(sched, request(SHARED + "first")).endpoint.name
     ds.update_metrics(home, snap(waiting=12))
-    picks = {sched.schedule(request(SHARED + f"again {i}")).endpoint.name for i in range(10)}
+    picks = {sent(sched, request(SHARED + f"again {i}")).endpoint.name for i in range(10)}
     assert home not in picks
 
 

@@ -110,7 +110,9 @@ async def test_restart_and_departure_make_the_prefix_index_forget(
         for state in ds.states():
             assert state.metrics is not None
             ctx = SchedulingContext(LLMRequest(f"r-{state.endpoint.name}", "m", "m", text))
-            scorer.on_pick(ctx, Candidate(state.endpoint, state.metrics, 0))
+            candidate = Candidate(state.endpoint, state.metrics, 0)
+            scorer.score(ctx, [candidate])  # sizes the pod's LRU from its scraped KV capacity
+            scorer.pre_request(ctx, state.endpoint)
         # Sized from the scraped cache_config_info: 64 blocks x 16 tokens x 4 chars / 64-char blocks.
         assert scorer.index.capacity("pod-0") == 64
         assert scorer.index.size("pod-0") == scorer.index.size("pod-1") > 0

@@ -1,4 +1,8 @@
-"""The seed scenario through epp's pick service: ack-prefix-cache.yaml, then two conversation rounds."""
+"""The seed scenario through epp's request director: ack-prefix-cache.yaml, then two conversation rounds.
+
+Each round is picked the way `POST /pick` does it (`begin`, then `hand_off`: the before-request hooks run, so
+the prefix index learns where the request went).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from epp.config import load_config
 from epp.datastore import Datastore, Endpoint, MetricsSnapshot
 from epp.metrics import EppMetrics
-from epp.picking import PickService
+from epp.requestcontrol.director import Director, DirectorSettings
+from epp.requestcontrol.lifecycle import RequestLifecycle
 from epp.scheduling.builder import build_scheduler
 from scorers.builtin import default_registry
+from scorers.prefix_affinity_filter import DECISION_KEY
 
 SEED = Path(__file__).parents[1].parent / "shared" / "fixtures" / "seed-configs"
 CHAT = "/v1/chat/completions"
@@ -26,7 +32,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def service_for_seed_pool(pods: int) -> tuple[PickService, Datastore, EppMetrics]:
+def service_for_seed_pool(pods: int) -> tuple[Director, Datastore, EppMetrics]:
     """What `epp serve --config ack-prefix-cache.yaml` builds, over `pods` idle, freshly scraped pods."""
     config = load_config([SEED / "ack-prefix-cache.yaml"], {})
     datastore = Datastore()
@@ -37,30 +43,38 @@ def service_for_seed_pool(pods: int) -> tuple[PickService, Datastore, EppMetrics
     rng = random.Random(0)
     metrics = EppMetrics(datastore)
     scheduler = build_scheduler(config.picker_config, datastore, default_registry(), rng)
-    service = PickService(scheduler, datastore, config.models, metrics, rng, config.strategy_name)
-    return service, datastore, metrics
+    settings = DirectorSettings(config.strategy_name)
+    director = Director(scheduler, datastore, config.models, metrics, rng, settings)
+    return director, datastore, metrics
+
+
+def pick(director: Director, round_file: str) -> RequestLifecycle:
+    lifecycle = director.begin((SEED / round_file).read_bytes(), HEADERS, CHAT)
+    lifecycle.hand_off()
+    return lifecycle
 
 
 def test_round_two_is_routed_by_prefix_to_round_ones_pod(caplog: pytest.LogCaptureFixture) -> None:
     service, datastore, metrics = service_for_seed_pool(5)
-    caplog.set_level(logging.DEBUG, logger="scorers.prefix_affinity_filter")
+    caplog.set_level(logging.INFO, logger="scorers.prefix_affinity_filter")  # the picker's default level
 
-    first = service.pick((SEED / "prefix-round1.json").read_bytes(), HEADERS, CHAT)
+    first = pick(service, "prefix-round1.json")
     assert first.result.profile == "prefix-cache" and first.result.prefix_match_ratio == 0.0
-    assert "No prefix-aware routing" in caplog.text
+    assert first.result.context.cycle.data[DECISION_KEY]["applied"] is False
+    assert "prefix-aware routing" not in caplog.text  # not prefix-routed: only a DEBUG line
     pod = first.result.endpoint.name
     datastore.acquire(pod)  # round 1 is still streaming: its pod is now the busiest
 
     caplog.clear()
-    second = service.pick((SEED / "prefix-round2.json").read_bytes(), HEADERS, CHAT)
+    second = pick(service, "prefix-round2.json")
     ratio = second.result.prefix_match_ratio
     assert second.result.endpoint.name == pod
     assert second.result.candidates_after_filters == [pod]
     # 6 of round 2's 11 full 64-character blocks were left on the pod by round 1 (the seed's logs say 0.54).
     assert ratio == pytest.approx(6 / 11)
-    assert f"Do prefix-aware routing! request {second.request.request_id} matching ratio 0.55 > 0.50" in (
-        caplog.text
-    )
+    # GIE's line reads `Do prefix-aware routing! {... "matching ratio": " 0.54 > 0.50"}`: same shape.
+    expected = f'Do prefix-aware routing! request {second.request_id} "matching ratio": " 0.55 > 0.50"'
+    assert expected in caplog.text
 
     families = {f.name: f for f in text_string_to_metric_families(metrics.render().decode())}
     decisions = {
@@ -77,11 +91,12 @@ def test_round_two_is_routed_by_prefix_to_round_ones_pod(caplog: pytest.LogCaptu
 
 def test_round_two_goes_elsewhere_when_round_ones_pod_is_saturated() -> None:
     service, datastore, _ = service_for_seed_pool(3)
-    first = service.pick((SEED / "prefix-round1.json").read_bytes(), HEADERS, CHAT)
+    first = pick(service, "prefix-round1.json")
     pod = first.result.endpoint.name
     busy = MetricsSnapshot(5, 4, 0.5, scraped_at=time.monotonic())  # waiting >= queueDepthThreshold 5
     datastore.update_metrics(pod, busy)
-    second = service.pick((SEED / "prefix-round2.json").read_bytes(), HEADERS, CHAT)
+    second = pick(service, "prefix-round2.json")
+    assert second.result.scores["prefix-cache-scorer"][pod] == pytest.approx(6 / 11)  # it did learn
     # The seed's InferenceModel is Critical, so the saturated pod stays a candidate (never shed), but
     # prefix affinity skips it and least-request sends round 2 to an idle pod.
     assert pod in second.result.candidates_after_filters

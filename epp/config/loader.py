@@ -22,6 +22,7 @@ from epp.config.routing_strategy import (
     parse_strategy,
 )
 from epp.datastore import Endpoint
+from epp.health.outlier_settings import OutlierDetectionSpec, outlier_spec_from_annotations
 
 STRATEGY_PATH = format_loc(("metadata", "annotations", STRATEGY_ANNOTATION))
 
@@ -131,10 +132,33 @@ class _Assembler:
                     self.issues.append(ConfigIssue(where, reason, f"spec.endpoints[{i}]"))
                 endpoints.append(endpoint)
         picker, strategy_name = self._picker(strategy, pool_docs)
+        outlier = self._outlier(picker, pool_docs)
         others: list[OtherDocument] = [doc for _, doc in self._of(OtherDocument)]
         # With issues the config is discarded; skipping the registry avoids its duplicate-name ValueError.
         registry = ModelRegistry([] if self.issues else [m for _, m in model_docs])
-        return EppConfig(pools, registry, picker, strategy_name, endpoints, others, paths, redactor)
+        return EppConfig(
+            pools, registry, picker, strategy_name, endpoints, others, paths, redactor, outlier.to_settings()
+        )
+
+    def _outlier(
+        self, picker: EndpointPickerConfig, pool_docs: list[tuple[DocumentRef, InferencePool]]
+    ) -> OutlierDetectionSpec:
+        """The EndpointPickerConfig's `outlierDetection`, else the pool's annotations, else the defaults."""
+        specs: list[tuple[DocumentRef, OutlierDetectionSpec]] = []
+        for where, pool in pool_docs:
+            try:
+                spec = outlier_spec_from_annotations(pool.metadata.annotations)
+            except ValueError as exc:
+                self.issues.append(ConfigIssue(where, str(exc), "metadata.annotations"))
+                continue
+            if spec is not None:
+                specs.append((where, spec))
+        if picker.outlier_detection is not None:
+            return picker.outlier_detection
+        if len({s.model_dump_json() for _, s in specs}) > 1:
+            reason = "pools set different outlier-detection annotations; use one EndpointPickerConfig section"
+            self.issues.append(ConfigIssue(specs[1][0], reason, "metadata.annotations"))
+        return specs[0][1] if specs else OutlierDetectionSpec()
 
     def _picker(
         self, strategy: str | None, pool_docs: list[tuple[DocumentRef, InferencePool]]

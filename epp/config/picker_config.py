@@ -1,10 +1,13 @@
-"""The EndpointPickerConfig document: plugins by type with parameters, and scheduling profiles."""
+"""The EndpointPickerConfig document: plugins by type with parameters, scheduling profiles, and the one
+saturation detector they share."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from epp.health.outlier_settings import OutlierDetectionSpec
 
 
 class PluginSpec(BaseModel):
@@ -39,11 +42,26 @@ class SchedulingProfileSpec(BaseModel):
     plugins: list[ProfilePluginRef]
 
 
+class SaturationDetectorSpec(BaseModel):
+    """When a pod counts as saturated (GIE's `saturationDetector` section): waiting requests at or above
+    `queueDepthThreshold`, or KV-cache use at or above `kvCacheUtilThreshold`."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    queue_depth_threshold: int = Field(default=5, ge=1, strict=True, alias="queueDepthThreshold")
+    kv_cache_util_threshold: float = Field(default=0.8, gt=0.0, le=1.0, alias="kvCacheUtilThreshold")
+
+
 class EndpointPickerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     plugins: list[PluginSpec]
     scheduling_profiles: list[SchedulingProfileSpec] = Field(alias="schedulingProfiles")
+    saturation_detector: SaturationDetectorSpec = Field(
+        default_factory=SaturationDetectorSpec, alias="saturationDetector"
+    )
+    # Istio's field names (epp.health.outlier_settings); None: the pool's annotations, else the defaults.
+    outlier_detection: OutlierDetectionSpec | None = Field(default=None, alias="outlierDetection")
 
     @model_validator(mode="after")
     def _refs_resolve(self) -> EndpointPickerConfig:

@@ -11,6 +11,7 @@ from epp.config.gie import InferencePool
 from epp.config.model_registry import ModelRegistry
 from epp.config.picker_config import EndpointPickerConfig
 from epp.datastore import Endpoint
+from epp.health.outlier import OutlierSettings
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class EppConfig:
     other_documents: list[OtherDocument] = field(default_factory=list)
     sources: tuple[Path, ...] = ()
     redactor: Redactor = field(default_factory=Redactor)  # scrubs expanded env values from text for logs
+    outlier_settings: OutlierSettings = field(default_factory=OutlierSettings)
 
     @property
     def pool(self) -> InferencePool | None:

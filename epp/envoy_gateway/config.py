@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from epp.servers.extproc_messages import DESTINATION_HEADER, DESTINATION_METADATA_NAMESPACE
+from epp.servers.extproc_messages import DESTINATION_HEADER, DESTINATION_METADATA_NAMESPACE, SERVED_BY_HEADER
 
 POOL_CLUSTER = "inference_pool"
 EXTPROC_CLUSTER = "epp_extproc"
@@ -47,6 +47,9 @@ class EnvoyConfigOptions:
     connect_timeout_s: float = 1.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     extra_retry_on: tuple[str, ...] = field(default_factory=tuple)
+    # No byte from the pod for this long (before or during the answer): the attempt fails, and before any
+    # byte went to the client Envoy retries on the next fallback. A non-streamed answer comes all at once.
+    upstream_idle_timeout_s: float = 300.0
 
 
 def split_endpoint(address: str) -> tuple[str, int]:
@@ -160,10 +163,10 @@ def _extproc_filter(options: EnvoyConfigOptions) -> dict[str, Any]:
                 "request_header_mode": "SEND",
                 "request_body_mode": "BUFFERED",
                 "request_trailer_mode": "SKIP",
-                # Nothing of the response reaches epp (so SSE is not buffered, and each request costs two
-                # messages, not three): epp releases its in-flight count when Envoy closes the stream at the
-                # request's end.
-                "response_header_mode": "SKIP",
+                # The response headers tell epp the outcome (status, and which pod served: the route adds
+                # SERVED_BY_HEADER); the body is never sent, so SSE is not buffered. epp releases its
+                # in-flight count when Envoy closes the stream at the request's end.
+                "response_header_mode": "SEND",
                 "response_body_mode": "NONE",
                 "response_trailer_mode": "SKIP",
             },
@@ -175,7 +178,8 @@ def _extproc_filter(options: EnvoyConfigOptions) -> dict[str, Any]:
 
 def _retry_policy(options: EnvoyConfigOptions) -> dict[str, Any]:
     # Only failures before any response byte: Envoy never retries once response headers went downstream.
-    retry_on = ["connect-failure", "refused-stream", "reset", *options.extra_retry_on]
+    # "5xx" also covers a pod that stays silent past the per-try idle timeout.
+    retry_on = ["5xx", "connect-failure", "refused-stream", "reset", *options.extra_retry_on]
     return {
         "retry_on": ",".join(retry_on),
         "num_retries": options.num_retries,
@@ -188,6 +192,7 @@ def _retry_policy(options: EnvoyConfigOptions) -> dict[str, Any]:
             }
         ],
         "host_selection_retry_max_attempts": 5,
+        "per_try_idle_timeout": _seconds(options.upstream_idle_timeout_s),
     }
 
 
@@ -249,6 +254,12 @@ def _listener(options: EnvoyConfigOptions) -> dict[str, Any]:
                             "match": {"prefix": "/"},
                             "route": route,
                             "request_body_buffer_limit": options.max_body_bytes,
+                            "response_headers_to_add": [
+                                {
+                                    "header": {"key": SERVED_BY_HEADER, "value": "%UPSTREAM_REMOTE_ADDRESS%"},
+                                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                                }
+                            ],
                         }
                     ],
                 }

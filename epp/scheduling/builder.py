@@ -6,8 +6,9 @@ import random
 
 from epp.config.picker_config import EndpointPickerConfig
 from epp.datastore import Datastore
-from epp.scheduling.plugins import PluginConfigError, PluginDeps, PluginRegistry
+from epp.scheduling.plugins import PluginConfigError, PluginDeps, PluginRegistry, PluginTimer
 from epp.scheduling.profile import SchedulingProfile, assemble_profile
+from epp.scheduling.saturation import SaturationDetector
 from epp.scheduling.scheduler import Scheduler
 
 PREFIX_SCORER_TYPE = "prefix-cache-scorer"
@@ -39,13 +40,30 @@ def build_profiles(config: EndpointPickerConfig, plugins: dict[str, object]) -> 
     return profiles
 
 
+def build_saturation_detector(config: EndpointPickerConfig) -> SaturationDetector:
+    spec = config.saturation_detector
+    return SaturationDetector(spec.queue_depth_threshold, spec.kv_cache_util_threshold)
+
+
 def build_scheduler(
     config: EndpointPickerConfig,
     datastore: Datastore,
     registry: PluginRegistry,
     rng: random.Random | None = None,
+    timer: PluginTimer | None = None,
 ) -> Scheduler:
-    """Raises PluginConfigError naming the plugin or profile when the config cannot be built."""
-    deps = PluginDeps(datastore=datastore, rng=rng or random.Random())
+    """Raises PluginConfigError naming the plugin or profile when the config cannot be built.
+
+    One SaturationDetector, from the config's `saturationDetector` section, is shared by every plugin (via
+    PluginDeps.saturation) and exposed as `scheduler.saturation`. `timer` observes each plugin call.
+    """
+    saturation = build_saturation_detector(config)
+    deps = PluginDeps(datastore=datastore, rng=rng or random.Random(), saturation=saturation)
     plugins = build_plugins(config, registry, deps)
-    return Scheduler(datastore, build_profiles(config, plugins))
+    return Scheduler(
+        datastore,
+        build_profiles(config, plugins),
+        saturation=saturation,
+        timer=timer,
+        plugin_types={spec.name: spec.type for spec in config.plugins},
+    )

@@ -28,3 +28,17 @@ def parse_params(model: type[ParamsT], plugin_name: str, params: Mapping[str, An
             for err in exc.errors()
         )
         raise PluginConfigError(f"plugin {plugin_name!r}: {problems}") from None
+
+
+MOVED_THRESHOLDS = ("queueDepthThreshold", "kvCacheUtilThreshold")
+
+
+def reject_moved_thresholds(plugin_name: str, params: Mapping[str, Any]) -> None:
+    """Saturation thresholds used to be plugin parameters; say where they went instead of "unknown"."""
+    moved = [key for key in MOVED_THRESHOLDS if key in params]
+    if moved:
+        raise PluginConfigError(
+            f"plugin {plugin_name!r}: parameter {moved[0]!r}: saturation thresholds moved to the "
+            "EndpointPickerConfig's `saturationDetector` section (saturationDetector: "
+            "{queueDepthThreshold: ..., kvCacheUtilThreshold: ...})"
+        )

@@ -1,11 +1,21 @@
-"""A scheduling profile: filters, then weighted scorers, then one picker, then PostPick hooks."""
+"""A scheduling profile: filters, then weighted scorers, then one picker; plus request lifecycle hooks."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from epp.scheduling.plugins import Filter, Picker, PluginConfigError, PostPick, Scorer
+from epp.scheduling.plugins import (
+    Filter,
+    FirstToken,
+    Picker,
+    PluginConfigError,
+    PreRequest,
+    RequestFailed,
+    ResponseComplete,
+    ResponseStarted,
+    Scorer,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,16 +28,22 @@ class WeightedScorer:
 class SchedulingProfile:
     """The plugins of one profile in the order they run.
 
-    `prefix_scorer` names the scorer whose scores are prefix-cache match ratios (0..1); the scheduler reports
-    the picked endpoint's value as `SchedulingResult.prefix_match_ratio`.
+    The scheduler runs filters, scorers and the picker; the request director calls the hook lists as the
+    request goes out and its response comes back. `prefix_scorer` names the scorer whose scores are
+    prefix-cache match ratios (0..1); the scheduler reports the picked endpoint's value as
+    `SchedulingResult.prefix_match_ratio`.
     """
 
     name: str
     picker: Picker
     filters: list[Filter] = field(default_factory=list)
     scorers: list[WeightedScorer] = field(default_factory=list)
-    post_picks: list[PostPick] = field(default_factory=list)
     prefix_scorer: str | None = None
+    pre_requests: list[PreRequest] = field(default_factory=list)
+    response_started: list[ResponseStarted] = field(default_factory=list)
+    first_tokens: list[FirstToken] = field(default_factory=list)
+    response_completes: list[ResponseComplete] = field(default_factory=list)
+    request_failures: list[RequestFailed] = field(default_factory=list)
 
 
 def assemble_profile(
@@ -36,12 +52,16 @@ def assemble_profile(
     """Use each plugin in every role it implements, keeping the listed order within each role.
 
     `plugins` holds (instance, weight) pairs; the weight only matters for scorers. A profile needs exactly one
-    picker.
+    picker, and every plugin must implement at least one role.
     """
     filters: list[Filter] = []
     scorers: list[WeightedScorer] = []
     pickers: list[Picker] = []
-    post_picks: list[PostPick] = []
+    pre: list[PreRequest] = []
+    started: list[ResponseStarted] = []
+    first: list[FirstToken] = []
+    complete: list[ResponseComplete] = []
+    failed: list[RequestFailed] = []
     for plugin, weight in plugins:
         roles = 0
         if isinstance(plugin, Filter):
@@ -53,17 +73,41 @@ def assemble_profile(
         if isinstance(plugin, Picker):
             pickers.append(plugin)
             roles += 1
-        if isinstance(plugin, PostPick):
-            post_picks.append(plugin)
+        if isinstance(plugin, PreRequest):
+            pre.append(plugin)
+            roles += 1
+        if isinstance(plugin, ResponseStarted):
+            started.append(plugin)
+            roles += 1
+        if isinstance(plugin, FirstToken):
+            first.append(plugin)
+            roles += 1
+        if isinstance(plugin, ResponseComplete):
+            complete.append(plugin)
+            roles += 1
+        if isinstance(plugin, RequestFailed):
+            failed.append(plugin)
             roles += 1
         if roles == 0:
             raise PluginConfigError(
                 f"profile {name!r}: plugin {getattr(plugin, 'name', plugin)!r} implements none of "
-                "filter, scorer, picker, post-pick"
+                "filter, scorer, picker, pre-request, response-started, first-token, response-complete, "
+                "request-failed"
             )
     if len(pickers) != 1:
         found = ", ".join(repr(p.name) for p in pickers) or "none"
         raise PluginConfigError(f"profile {name!r}: needs exactly one picker, found {len(pickers)} ({found})")
     if prefix_scorer is not None and prefix_scorer not in {w.scorer.name for w in scorers}:
         prefix_scorer = None
-    return SchedulingProfile(name, pickers[0], filters, scorers, post_picks, prefix_scorer)
+    return SchedulingProfile(
+        name,
+        pickers[0],
+        filters,
+        scorers,
+        prefix_scorer,
+        pre_requests=pre,
+        response_started=started,
+        first_tokens=first,
+        response_completes=complete,
+        request_failures=failed,
+    )

@@ -1,17 +1,25 @@
 """The scheduler: runs one profile over the datastore's schedulable endpoints and returns the pick.
 
 This is the per-request hot path, so it is plain loops over lists and dicts. It does not count the request
-as in flight; the caller acquires and releases the picked endpoint on the datastore.
+as in flight and calls no lifecycle hook; the request director does both around sending the request.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Collection, Mapping, Sequence
 
 from epp.datastore import Datastore, EndpointState
-from epp.scheduling.plugins import ScoredCandidate
+from epp.scheduling.plugins import (
+    EXTENSION_FILTER,
+    EXTENSION_PICKER,
+    EXTENSION_SCORER,
+    PluginTimer,
+    ScoredCandidate,
+)
 from epp.scheduling.profile import SchedulingProfile
+from epp.scheduling.saturation import SaturationDetector
 from epp.scheduling.types import (
     Candidate,
     LLMRequest,
@@ -31,15 +39,29 @@ class UnknownProfileError(SchedulingError, LookupError):
 
 
 class Scheduler:
-    """Schedules requests with one of its profiles; the first profile is the default."""
+    """Schedules requests with one of its profiles; the first profile is the default.
+
+    `saturation` is the detector the plugins were built with (exposed for admission control); `timer`, when
+    set, is told how long each filter, scorer and picker call took, with the plugin's config type from
+    `plugin_types` (instance name -> type; the class name when absent).
+    """
 
     def __init__(
-        self, datastore: Datastore, profiles: SchedulingProfile | Sequence[SchedulingProfile]
+        self,
+        datastore: Datastore,
+        profiles: SchedulingProfile | Sequence[SchedulingProfile],
+        *,
+        saturation: SaturationDetector | None = None,
+        timer: PluginTimer | None = None,
+        plugin_types: Mapping[str, str] | None = None,
     ) -> None:
         profile_list = [profiles] if isinstance(profiles, SchedulingProfile) else list(profiles)
         if not profile_list:
             raise ValueError("a scheduler needs at least one profile")
         self.datastore = datastore
+        self.saturation = saturation if saturation is not None else SaturationDetector()
+        self.timer = timer
+        self.plugin_types: dict[str, str] = dict(plugin_types or {})
         self.profiles: dict[str, SchedulingProfile] = {}
         for p in profile_list:
             if p.name in self.profiles:
@@ -60,6 +82,10 @@ class Scheduler:
                 f"unknown scheduling profile {name!r} (known: {', '.join(self.profiles)})"
             )
         return found
+
+    def plugin_type(self, plugin: object) -> str:
+        name = getattr(plugin, "name", "")
+        return self.plugin_types.get(name) or type(plugin).__name__
 
     def _candidates(self, states: Sequence[EndpointState]) -> list[Candidate]:
         cache = self._candidate_cache
@@ -96,18 +122,51 @@ class Scheduler:
             out.append(sc)
         return out
 
-    def schedule(self, request: LLMRequest, profile: str | None = None) -> SchedulingResult:
-        """Pick an endpoint for `request`; raises NoEndpointError (503) or ShedError (429) when none fits."""
+    def schedule(
+        self,
+        request: LLMRequest,
+        profile: str | None = None,
+        *,
+        excluded: Collection[str] = (),
+        relax_affinity: bool = False,
+        context: SchedulingContext | None = None,
+    ) -> SchedulingResult:
+        """Pick an endpoint for `request`; raises NoEndpointError (503) or ShedError (429) when none fits.
+
+        For a retry: `excluded` names endpoints to leave out before any filter (those already tried),
+        `relax_affinity` skips filters that declare `affinity = True`, and `context` is the previous cycle's
+        SchedulingResult.context, so work cached in its cycle state (the prompt's hashes) is not redone.
+        """
         prof = self.profile(profile)
+        if context is None:
+            ctx = SchedulingContext(request)
+        elif context.request is not request:
+            raise ValueError("context belongs to another request")
+        else:
+            ctx = context
         states = self.datastore.schedulable()
         if not states:
             raise NoEndpointError("no schedulable endpoint: none known, or all have stale or failed metrics")
         candidates = self._candidates(states)
-        ctx = SchedulingContext(request)
+        if excluded:
+            candidates = [c for c in candidates if c.endpoint.name not in excluded]
+            if not candidates:
+                raise NoEndpointError(
+                    f"no schedulable endpoint left after excluding {len(excluded)} already tried"
+                )
+        timer = self.timer
+        clock = time.perf_counter
 
         for f in prof.filters:
+            if relax_affinity and getattr(f, "affinity", False):
+                continue
             before = len(candidates)
-            candidates = f.filter(ctx, candidates)
+            if timer is None:
+                candidates = f.filter(ctx, candidates)
+            else:
+                t0 = clock()
+                candidates = f.filter(ctx, candidates)
+                timer.observe_plugin(EXTENSION_FILTER, self.plugin_type(f), f.name, clock() - t0)
             if not candidates:
                 raise NoEndpointError(f"filter {f.name!r} removed all {before} candidate endpoints")
 
@@ -115,16 +174,23 @@ class Scheduler:
         totals = dict.fromkeys(names, 0.0)
         scores: dict[str, dict[str, float]] = {}
         for ws in prof.scorers:
-            raw = ws.scorer.score(ctx, candidates)
-            scores[ws.scorer.name] = raw
-            weight = ws.weight
-            if weight:
-                for n in names:
-                    totals[n] += weight * raw.get(n, 0.0)
+            scorer = ws.scorer
+            if timer is None:
+                raw = scorer.score(ctx, candidates)
+            else:
+                t0 = clock()
+                raw = scorer.score(ctx, candidates)
+                timer.observe_plugin(EXTENSION_SCORER, self.plugin_type(scorer), scorer.name, clock() - t0)
+            scores[scorer.name] = _clamp_and_add(raw, names, ws.weight, totals)
 
-        picked = prof.picker.pick(ctx, self._scored(candidates, totals))
-        for hook in prof.post_picks:
-            hook.on_pick(ctx, picked)
+        scored = self._scored(candidates, totals)
+        if timer is None:
+            picked = prof.picker.pick(ctx, scored)
+        else:
+            t0 = clock()
+            picked = prof.picker.pick(ctx, scored)
+            picker = prof.picker
+            timer.observe_plugin(EXTENSION_PICKER, self.plugin_type(picker), picker.name, clock() - t0)
 
         picked_name = picked.endpoint.name
         ratio = None
@@ -132,10 +198,12 @@ class Scheduler:
             ratio = scores[prof.prefix_scorer].get(picked_name)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
-                "request %s profile %s candidates %s after filters %s scores %s totals %s picked %s",
+                "request %s profile %s candidates %s excluded %s after filters %s scores %s totals %s "
+                "picked %s",
                 request.request_id,
                 prof.name,
                 [s.endpoint.name for s in states],
+                sorted(excluded),
                 names,
                 scores,
                 totals,
@@ -147,5 +215,27 @@ class Scheduler:
             scores=scores,
             total_scores=totals,
             candidates_after_filters=names,
+            context=ctx,
             prefix_match_ratio=ratio,
         )
+
+
+def _clamp_and_add(
+    raw: dict[str, float], names: Sequence[str], weight: float, totals: dict[str, float]
+) -> dict[str, float]:
+    """Add weight x score to each candidate's total, every score clamped to 0..1 (NaN -> 0).
+
+    Returns the scores as clamped: `raw` itself when all are in range (the usual case, checked by C-level
+    min/max/sum rather than a Python loop), else a corrected copy, so a scorer's bug can neither outvote
+    the other scorers nor show up in the reported scores.
+    """
+    if raw:
+        values = raw.values()
+        total = sum(values)
+        if not (min(values) >= 0.0 and max(values) <= 1.0 and total == total):  # NaN != NaN
+            raw = {n: (v if 0.0 <= v <= 1.0 else 1.0 if v > 1.0 else 0.0) for n, v in raw.items()}
+    if weight:
+        get = raw.get
+        for n in names:
+            totals[n] += weight * get(n, 0.0)
+    return raw

@@ -28,6 +28,7 @@ class LLMRequest:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: dict[str, Any] = field(default_factory=dict)
     lora_adapter: str | None = None  # target_model when it names a LoRA adapter, else None
+    cache_salt: str | None = None  # vLLM shares no KV cache across salts, so prefix matching keys on it
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,14 +64,46 @@ class SchedulingContext:
 
 @dataclass(slots=True)
 class SchedulingResult:
-    """The pick and why: per-scorer raw scores by endpoint name, and the weighted total."""
+    """The pick and why: per-scorer scores (clamped to 0..1) by endpoint name, and the weighted total.
+
+    `context` is the cycle that made the pick: pass it to the profile's lifecycle hooks, and back to
+    `Scheduler.schedule(context=...)` when retrying the same request.
+    """
 
     endpoint: Endpoint
     profile: str
     scores: dict[str, dict[str, float]]  # scorer name -> endpoint name -> 0..1
     total_scores: dict[str, float]  # endpoint name -> weighted sum
     candidates_after_filters: list[str]
+    context: SchedulingContext
     prefix_match_ratio: float | None = None  # for the picked endpoint, when a prefix plugin ran
+
+    def ranked(self) -> list[str]:
+        """Candidates after the filters, the picked one first, then by falling total score.
+
+        Ties keep the filters' order (the sort is stable), so fallbacks are deterministic.
+        """
+        picked = self.endpoint.name
+        totals = self.total_scores
+        rest = [n for n in self.candidates_after_filters if n != picked]
+        rest.sort(key=lambda n: -totals.get(n, 0.0))
+        return [picked, *rest]
+
+
+@dataclass(slots=True)
+class AttemptReport:
+    """How one attempt to serve a request on one endpoint went (filled by the front end)."""
+
+    endpoint: Endpoint
+    status: int | None = None  # HTTP status the pod answered with; None when it never answered
+    responded: bool = False  # the pod sent a response (status line) at all
+    ttft_s: float | None = None  # body parsed -> first content token
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_prompt_tokens: int | None = None
+    # e.g. "connect_failed", "reset", "first_byte_timeout", "chunk_timeout", "http_5xx", "aborted",
+    # "client_gone"
+    error: str | None = None
 
 
 class SchedulingError(Exception):

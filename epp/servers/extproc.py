@@ -5,13 +5,16 @@ works); it routes once, on the request body's last chunk (BUFFERED mode sends on
 accumulated and each non-final chunk is answered with CONTINUE) or on request headers with end_of_stream
 (a bodyless request such as GET /v1/models). Routing sets header `x-gateway-destination-endpoint` and the same
 value in dynamic metadata `envoy.lb`, as GIE does. With `fallback_endpoints` N > 0 the value lists the pick
-first, then up to N more candidates by falling total score (`ip:port,ip:port,...`, as GIE's protocol allows):
-Envoy's override_host load balancer retries on them when the pick cannot be reached. Pick errors become an
-ImmediateResponse with an OpenAI-style JSON body.
+first, then up to N more pods chosen the way a retry is (scheduling again without the pick, over the
+candidates before prefix affinity): Envoy's override_host load balancer retries on them when the pick fails.
+Pick errors become an ImmediateResponse with an OpenAI-style JSON body.
 
-The picked endpoint is counted in flight from the pick until the response ends (response headers or body
-with end_of_stream, or response trailers) or the gRPC stream ends or is cancelled, whichever comes first.
-Request trailers are answered with CONTINUE and do not trigger routing.
+Everything else is the request's lifecycle (epp.requestcontrol): the pick is in flight from the decision
+until the stream ends. The response headers tell epp the status and, from the header Envoy's route adds
+(`x-epp-served-by: %UPSTREAM_REMOTE_ADDRESS%`), which pod answered: when that is a fallback, the pick failed
+(a gateway error for outlier detection) and in-flight counts and the prefix index move to the pod that served.
+An answer of Envoy's own (no pod address) counts for the pick, by its status. Request trailers are answered with
+CONTINUE and do not trigger routing.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf.internal import api_implementation  # type: ignore[import-untyped]
 
 from epp.datastore import Datastore
-from epp.picking import PickService, error_reply
+from epp.picking import error_reply
 from epp.request import RequestError
-from epp.scheduling.types import SchedulingError, SchedulingResult
+from epp.requestcontrol.director import Director
+from epp.requestcontrol.lifecycle import RequestLifecycle
+from epp.scheduling.types import SchedulingError
 from epp.servers import extproc_messages as msg
 
 logger = logging.getLogger(__name__)
@@ -54,36 +59,40 @@ def require_fast_protobuf() -> str:
 class _Stream:
     """What one ext_proc stream (one HTTP request) has seen so far."""
 
-    __slots__ = ("chunks", "datastore", "endpoint", "headers", "path", "routed", "size")
+    __slots__ = ("chunks", "headers", "lifecycle", "path", "routed", "size")
 
-    def __init__(self, datastore: Datastore) -> None:
-        self.datastore = datastore
+    def __init__(self) -> None:
         self.headers: dict[str, str] = {}
         self.path = ""
         self.chunks: list[bytes] = []
         self.size = 0
         self.routed = False  # a routing or error answer was sent; later request messages just continue
-        self.endpoint: str | None = None  # acquired endpoint name, until released
+        self.lifecycle: RequestLifecycle | None = None  # set once routed to a pod
 
-    def release(self) -> None:
-        if self.endpoint is not None:
-            name, self.endpoint = self.endpoint, None
-            self.datastore.release(name)
+    def end(self) -> None:
+        """The HTTP stream is over: the pod's answer completed, or the client left before any answer."""
+        lifecycle, self.lifecycle = self.lifecycle, None
+        if lifecycle is None or not lifecycle.in_attempt:
+            return
+        if lifecycle.responded:
+            lifecycle.complete()
+        else:
+            lifecycle.close()
 
 
 class ExtProcServicer:
-    """Implements the ExternalProcessor `Process` bidirectional stream."""
+    """Implements the ExternalProcessor `Process` bidirectional stream over the director."""
 
     def __init__(
         self,
-        service: PickService,
+        director: Director,
         datastore: Datastore,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         fallback_endpoints: int = 0,
     ) -> None:
         if fallback_endpoints < 0:
             raise ValueError(f"fallback_endpoints must be >= 0, got {fallback_endpoints}")
-        self._service = service
+        self._director = director
         self._datastore = datastore
         self._max_body_bytes = max_body_bytes
         self._fallback_endpoints = fallback_endpoints
@@ -94,17 +103,17 @@ class ExtProcServicer:
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         """One HTTP request's messages from Envoy; answers each in order."""
-        stream = _Stream(self._datastore)
+        stream = _Stream()
         # Cancellation normally reaches the finally below; the done callback also covers a handler task that
         # ends without running it.
-        context.add_done_callback(lambda _ctx: stream.release())
+        context.add_done_callback(lambda _ctx: stream.end())
         try:
             async for request in request_iterator:
                 response = self._handle(stream, request)
                 if response is not None:
                     await context.write(response)
         finally:
-            stream.release()
+            stream.end()
 
     def _handle(self, stream: _Stream, request: pb.ProcessingRequest) -> pb.ProcessingResponse | None:
         kind = request.WhichOneof("request")
@@ -113,18 +122,17 @@ class ExtProcServicer:
         if kind == "request_body":
             return self._on_request_body(stream, request.request_body)
         if kind == "response_headers":
-            if request.response_headers.end_of_stream:
-                stream.release()
+            self._on_response_headers(stream, request.response_headers)
             return msg.continue_response_headers()
         if kind == "response_body":
             body = request.response_body
             if body.end_of_stream or body.end_of_stream_without_message:
-                stream.release()
+                stream.end()
             return msg.continue_response_body()
         if kind == "request_trailers":
             return msg.continue_request_trailers()
         if kind == "response_trailers":
-            stream.release()
+            stream.end()
             return msg.continue_response_trailers()
         return None
 
@@ -158,10 +166,33 @@ class ExtProcServicer:
         stream.chunks.clear()
         return self._route(stream, data, on_headers=False)
 
+    def _on_response_headers(self, stream: _Stream, http_headers: pb.HttpHeaders) -> None:
+        """The answer Envoy relays: its status, and which pod sent it (a fallback when the pick failed)."""
+        lifecycle = stream.lifecycle
+        if lifecycle is None:
+            return
+        status = 0
+        served = ""
+        for hv in http_headers.headers.headers:
+            key = hv.key
+            if key == ":status":
+                status = int(hv.raw_value or hv.value or 0)
+            elif key == msg.SERVED_BY_HEADER:
+                served = (hv.raw_value.decode() if hv.raw_value else hv.value).strip()
+        # Without the header (Envoy's own answer, or an Envoy whose route does not add it) the pick is taken
+        # to have answered: Envoy's 503/504 then count as its gateway errors.
+        if served and served != lifecycle.endpoint.address:
+            state = self._datastore.find_by_address(served)
+            if state is not None:
+                lifecycle.served_by(state.endpoint)
+        lifecycle.response_started(status)
+        if http_headers.end_of_stream:
+            stream.end()
+
     def _route(self, stream: _Stream, body: bytes, on_headers: bool) -> pb.ProcessingResponse:
         stream.routed = True
         try:
-            outcome = self._service.pick(body, stream.headers, stream.path)
+            lifecycle = self._director.begin(body, stream.headers, stream.path)
         except (RequestError, SchedulingError) as exc:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("pick refused request_id=%s: %r", stream.headers.get("x-request-id"), exc)
@@ -169,32 +200,13 @@ class ExtProcServicer:
         except Exception as exc:
             logger.exception("pick failed unexpectedly for request_id=%s", stream.headers.get("x-request-id"))
             return _error(exc)
-        endpoint = outcome.result.endpoint
-        self._datastore.acquire(endpoint.name)
-        stream.endpoint = endpoint.name
-        destination = self._destination(outcome.result)
+        stream.lifecycle = lifecycle
+        fallbacks = lifecycle.fallbacks(self._fallback_endpoints)
+        lifecycle.send()
+        destination = ",".join([lifecycle.endpoint.address, *(e.address for e in fallbacks)])
         if on_headers:
             return msg.route_on_headers(destination)
-        return msg.route_on_body(destination, outcome.rewritten_body)
-
-    def _destination(self, result: SchedulingResult) -> str:
-        """The pick's address, then up to `fallback_endpoints` other candidates' by falling total score."""
-        primary = result.endpoint
-        if not self._fallback_endpoints:
-            return primary.address
-        totals = result.total_scores
-        others = sorted(
-            (name for name in result.candidates_after_filters if name != primary.name),
-            key=lambda name: -totals.get(name, 0.0),
-        )
-        addresses = [primary.address]
-        for name in others:
-            state = self._datastore.get(name)
-            if state is not None:
-                addresses.append(state.endpoint.address)
-                if len(addresses) > self._fallback_endpoints:
-                    break
-        return ",".join(addresses)
+        return msg.route_on_body(destination, lifecycle.rewritten_body)
 
 
 def _error(exc: Exception) -> pb.ProcessingResponse:
@@ -207,7 +219,7 @@ class ExtProcServer:
 
     def __init__(
         self,
-        service: PickService,
+        director: Director,
         datastore: Datastore,
         host: str = "127.0.0.1",
         port: int = 9002,
@@ -216,7 +228,7 @@ class ExtProcServer:
     ) -> None:
         self.host = host
         self.port = port
-        self._servicer = ExtProcServicer(service, datastore, max_body_bytes, fallback_endpoints)
+        self._servicer = ExtProcServicer(director, datastore, max_body_bytes, fallback_endpoints)
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> int:

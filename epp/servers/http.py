@@ -19,8 +19,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from epp.datastore import Datastore
-from epp.picking import PickOutcome, PickService, error_reply
+from epp.picking import error_reply
 from epp.request import RequestError
+from epp.requestcontrol.director import Director
+from epp.requestcontrol.lifecycle import RequestLifecycle
 from epp.scheduling.types import SchedulingError
 
 logger = logging.getLogger(__name__)
@@ -35,12 +37,12 @@ class _BodyTooLarge(Exception):
 
 
 def create_http_app(
-    service: PickService,
+    director: Director,
     datastore: Datastore,
     registry: CollectorRegistry,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Starlette:
-    """The HTTP API over one pick service; `registry` is what GET /metrics exposes."""
+    """The HTTP API over the director; `registry` is what GET /metrics exposes."""
 
     async def pick(request: Request) -> Response:
         try:
@@ -54,7 +56,7 @@ def create_http_app(
         path = request.query_params.get("path") or request.headers.get(PATH_HEADER, "")
         headers = {k.lower(): v for k, v in request.headers.items()}
         try:
-            outcome = service.pick(body, headers, path)
+            lifecycle = director.begin(body, headers, path)
         except (RequestError, SchedulingError) as exc:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("pick refused request_id=%s: %r", headers.get("x-request-id"), exc)
@@ -62,7 +64,8 @@ def create_http_app(
         except Exception as exc:
             logger.exception("pick failed unexpectedly for request_id=%s", headers.get("x-request-id"))
             return _error(exc)
-        return _json(pick_json(outcome, service.strategy_name))
+        lifecycle.hand_off()
+        return _json(pick_json(lifecycle, director.strategy_name))
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
@@ -95,9 +98,9 @@ def create_http_app(
     return Starlette(routes=routes)
 
 
-def pick_json(outcome: PickOutcome, strategy: str) -> dict[str, Any]:
+def pick_json(lifecycle: RequestLifecycle, strategy: str) -> dict[str, Any]:
     """The /pick answer: where to send the request and the scores behind the choice."""
-    result = outcome.result
+    result = lifecycle.result
     return {
         "endpoint": result.endpoint.address,
         "endpoint_name": result.endpoint.name,
@@ -107,8 +110,8 @@ def pick_json(outcome: PickOutcome, strategy: str) -> dict[str, Any]:
         "scores": result.scores,
         "total_scores": result.total_scores,
         "candidates": result.candidates_after_filters,
-        "target_model": outcome.request.target_model,
-        "rewritten": outcome.rewritten_body is not None,
+        "target_model": lifecycle.request.target_model,
+        "rewritten": lifecycle.rewritten_body is not None,
     }
 
 

@@ -1,7 +1,9 @@
 """The models the pool serves: the union of the pods' /v1/models, plus InferenceModel names and LoRA adapters.
 
-Pods are asked on demand and the answer is cached for `ttl_s`; a model that is not in the cache triggers one
-early refresh (at most every `min_refresh_s`), so an adapter loaded a moment ago is found.
+Pods are asked every `ttl_s` by `run()` and on demand; a model that is not in the cache triggers one early
+refresh (at most every `min_refresh_s`), so an adapter loaded a moment ago is found. An entry whose `parent`
+names another model is a LoRA adapter (vLLM lists `--lora-modules` that way): that, and the pods' LoRA
+metrics, is how epp tells an adapter from a base model, never from a name that differs from the requested one.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Container
+from collections.abc import Collection
 from typing import Any
 
 import httpx
@@ -27,7 +29,7 @@ class ModelCatalog:
         self,
         datastore: Datastore,
         client: httpx.AsyncClient,
-        inference_models: Container[str] = frozenset(),
+        inference_models: Collection[str] = frozenset(),
         ttl_s: float = 2.0,
         min_refresh_s: float = 0.25,
         timeout_s: float = 2.0,
@@ -40,6 +42,7 @@ class ModelCatalog:
         self._timeout_s = timeout_s
         self._models: list[dict[str, Any]] = []
         self._ids: set[str] = set()
+        self._adapters: set[str] = set()
         self._answered = False  # at least one pod answered the last refresh
         self._refreshed_at = float("-inf")
         self._lock = asyncio.Lock()
@@ -54,13 +57,17 @@ class ModelCatalog:
             answers = await asyncio.gather(*(self._fetch(e) for e in endpoints))
             models: list[dict[str, Any]] = []
             ids: set[str] = set()
+            adapters: set[str] = set()
             for answer in answers:
                 for entry in answer or ():
                     model_id = entry.get("id")
                     if isinstance(model_id, str) and model_id not in ids:
                         ids.add(model_id)
                         models.append(entry)
-            self._models, self._ids = models, ids
+                        parent = entry.get("parent")
+                        if isinstance(parent, str) and parent and parent != model_id:
+                            adapters.add(model_id)
+            self._models, self._ids, self._adapters = models, ids, adapters
             self._answered = any(a is not None for a in answers)
             self._refreshed_at = time.monotonic()
 
@@ -79,8 +86,28 @@ class ModelCatalog:
     def _age(self) -> float:
         return time.monotonic() - self._refreshed_at
 
+    async def run(self) -> None:
+        """Refresh every `ttl_s` until cancelled (adapter names are then known to both data planes)."""
+        while True:
+            await self.refresh(self._ttl_s)
+            await asyncio.sleep(self._ttl_s)
+
+    def is_adapter(self, name: str) -> bool:
+        """Whether a pod's /v1/models lists `name` as a LoRA adapter (an entry with a `parent`)."""
+        return name in self._adapters
+
     async def listing(self) -> dict[str, Any] | None:
-        """The OpenAI `list` object of the pool's models; None when no pod answered."""
+        """The OpenAI `list` object of exactly the names requests may use; None when no pod answered.
+
+        With InferenceModels configured those are their names (nothing else resolves); without, the pods'.
+        """
+        if self._inference_models:
+            created = int(time.time())
+            data = [
+                {"id": name, "object": "model", "created": created, "owned_by": "epp", "parent": None}
+                for name in self._inference_models
+            ]
+            return {"object": "list", "data": data}
         await self.refresh(self._ttl_s)
         if not self._answered:
             return None

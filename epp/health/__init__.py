@@ -1,0 +1,1 @@
+"""Passive health checking of upstream hosts (Envoy-style outlier detection)."""

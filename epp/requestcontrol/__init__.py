@@ -1,0 +1,1 @@
+"""Request control: the director that owns each request's lifecycle for every front end."""

@@ -1,0 +1,179 @@
+"""What the request director relies on: lifecycle hooks in the profile, and retry scheduling (excluded
+endpoints, relaxed affinity, a reused cycle context, the ranked fallback order)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from epp.datastore import Endpoint
+from epp.scheduling.builder import build_scheduler
+from epp.scheduling.plugins import (
+    FirstToken,
+    PluginConfigError,
+    PreRequest,
+    RequestFailed,
+    ResponseComplete,
+    ResponseStarted,
+)
+from epp.scheduling.profile import assemble_profile
+from epp.scheduling.scheduler import Scheduler
+from epp.scheduling.types import (
+    AttemptReport,
+    Candidate,
+    Criticality,
+    NoEndpointError,
+    SchedulingContext,
+    ShedError,
+)
+from scorers.max_score_picker import MaxScorePicker
+from scorers.random_picker import RandomPicker
+from tests.test_sched_framework import PODS, config, registry
+from tests.test_sched_support import datastore, request, snap
+
+
+class AllHooks:
+    """Implements every lifecycle hook and nothing else."""
+
+    def __init__(self, name: str = "hooks") -> None:
+        self.name = name
+        self.events: list[tuple[str, str]] = []
+
+    def pre_request(self, ctx: SchedulingContext, endpoint: Endpoint) -> None:
+        self.events.append(("pre_request", endpoint.name))
+
+    def response_started(self, ctx: SchedulingContext, endpoint: Endpoint, status: int) -> None:
+        self.events.append(("response_started", f"{endpoint.name} {status}"))
+
+    def first_token(self, ctx: SchedulingContext, endpoint: Endpoint, ttft_s: float) -> None:
+        self.events.append(("first_token", endpoint.name))
+
+    def response_complete(self, ctx: SchedulingContext, report: AttemptReport) -> None:
+        self.events.append(("response_complete", report.endpoint.name))
+
+    def request_failed(self, ctx: SchedulingContext, report: AttemptReport) -> None:
+        self.events.append(("request_failed", f"{report.endpoint.name} {report.error}"))
+
+
+class Affine:
+    """An affinity filter keeping only `keep`, and a plain filter counting its calls (by flag)."""
+
+    def __init__(self, name: str, keep: str, affinity: bool) -> None:
+        self.name = name
+        self.keep = keep
+        self.affinity = affinity
+        self.calls = 0
+
+    def filter(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> list[Candidate]:
+        self.calls += 1
+        return [c for c in candidates if c.name == self.keep]
+
+
+def test_each_hook_role_is_assembled_and_a_hook_only_plugin_is_enough() -> None:
+    hooks = AllHooks()
+    for proto in (PreRequest, ResponseStarted, FirstToken, ResponseComplete, RequestFailed):
+        assert isinstance(hooks, proto)
+    profile = assemble_profile("p", [(hooks, 1.0), (RandomPicker(), 1.0)])
+    assert profile.filters == [] and profile.scorers == []
+    assert profile.pre_requests == [hooks]
+    assert profile.response_started == [hooks]
+    assert profile.first_tokens == [hooks]
+    assert profile.response_completes == [hooks]
+    assert profile.request_failures == [hooks]
+
+
+def test_plugin_with_no_role_at_all_is_still_an_error() -> None:
+    class Nothing:
+        name = "nothing"
+
+    with pytest.raises(PluginConfigError, match="'nothing' implements none of"):
+        assemble_profile("p", [(Nothing(), 1.0), (RandomPicker(), 1.0)])
+
+
+def test_attempt_report_defaults_mean_the_pod_never_answered() -> None:
+    report = AttemptReport(Endpoint("a", "127.0.0.1", 1))
+    assert (report.status, report.responded, report.error) == (None, False, None)
+
+
+def scheduler_of(*plugins: tuple[Any, float], pods: dict[str, Any] | None = None) -> Scheduler:
+    ds = datastore(PODS if pods is None else pods)
+    return Scheduler(ds, assemble_profile("p", [*plugins, (MaxScorePicker(rng=random.Random(0)), 1.0)]))
+
+
+def test_excluded_endpoints_are_removed_before_any_filter() -> None:
+    seen: list[list[str]] = []
+
+    class Spy:
+        name = "spy"
+
+        def filter(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> list[Candidate]:
+            seen.append([c.name for c in candidates])
+            return list(candidates)
+
+    sched = scheduler_of((Spy(), 1.0))
+    result = sched.schedule(request(), excluded={"a", "gone"})
+    assert seen == [["b", "c"]]
+    assert result.endpoint.name in {"b", "c"} and result.candidates_after_filters == ["b", "c"]
+    with pytest.raises(NoEndpointError, match="excluding") as err:
+        sched.schedule(request(), excluded=["a", "b", "c"])
+    assert err.value.status == 503
+
+
+def test_relax_affinity_skips_only_affinity_filters() -> None:
+    affine = Affine("affine", keep="a", affinity=True)
+    plain = Affine("plain", keep="b", affinity=False)
+    sched = scheduler_of((affine, 1.0))
+    assert sched.schedule(request()).endpoint.name == "a"
+    relaxed = sched.schedule(request(), relax_affinity=True, excluded={"a"})
+    assert relaxed.candidates_after_filters == ["b", "c"]
+    assert affine.calls == 1  # skipped on the relaxed cycle
+    strict = scheduler_of((plain, 1.0))
+    assert strict.schedule(request(), relax_affinity=True).endpoint.name == "b"  # not an affinity filter
+
+
+def test_relaxed_retry_still_sheds_on_saturation() -> None:
+    cfg = config(
+        [{"type": "saturation-filter"}, {"type": "max-score-picker"}],
+        {"p": ["saturation-filter", "max-score-picker"]},
+    )
+    pods = {"a": snap(waiting=9), "b": snap(kv=0.95), "c": snap()}
+    sched = build_scheduler(cfg, datastore(pods), registry(), random.Random(0))
+    sheddable = request(criticality=Criticality.SHEDDABLE)
+    with pytest.raises(ShedError):
+        sched.schedule(sheddable, excluded={"c"}, relax_affinity=True)
+
+
+def test_context_is_reused_across_a_retry() -> None:
+    sched = scheduler_of()
+    req = request()
+    first = sched.schedule(req)
+    first.context.cycle.data["computed"] = 1
+    retry = sched.schedule(req, excluded={first.endpoint.name}, context=first.context)
+    assert retry.context is first.context and retry.context.cycle.data["computed"] == 1
+    assert sched.schedule(req).context is not first.context  # without one, a new cycle
+    with pytest.raises(ValueError, match="another request"):
+        sched.schedule(request(request_id="other"), context=first.context)
+
+
+def test_ranked_puts_the_pick_first_then_falling_totals_ties_in_filter_order() -> None:
+    pods = {n: snap() for n in ("a", "b", "c", "d", "e")}
+    cfg = config(
+        [
+            {
+                "type": "fixed",
+                "name": "s",
+                "parameters": {"scores": {"a": 0.2, "b": 0.2, "c": 0.9, "e": 0.5}},
+            },
+            {"type": "random-picker"},
+        ],
+        {"p": ["s", "random-picker"]},
+    )
+    sched = build_scheduler(cfg, datastore(pods), registry(), random.Random(1))
+    for _ in range(10):
+        result = sched.schedule(request())
+        picked = result.endpoint.name
+        expected = [n for n in ["c", "e", "a", "b", "d"] if n != picked]
+        assert result.ranked() == [picked, *expected]
