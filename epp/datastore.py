@@ -152,7 +152,7 @@ class Datastore:
             state.health.scrape_failed(error, timed_out, self.clock())
 
     def mark_unreachable(self, name: str, reason: str) -> None:
-        """The proxy could not reach `name` (refused, reset): out until its back-off ends, then a good scrape."""
+        """The proxy could not reach `name` (refused, reset): out until its back-off and a good scrape."""
         state = self._states.get(name)
         if state is not None:
             state.health.mark_unreachable(f"proxy: {reason}", self.clock())

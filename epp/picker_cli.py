@@ -10,7 +10,8 @@ from epp.config.routing_strategy import RoutingStrategy
 
 
 def add_picker_arguments(p: argparse.ArgumentParser) -> None:
-    """--config, --endpoints, --strategy, --host, --scrape-interval, --staleness, --seed, --log-level."""
+    """--config, --endpoints, --strategy, --host, --scrape-interval/-timeout, --staleness, --max-attempts,
+    --seed, --log-level."""
     p.add_argument(
         "--config",
         action="append",
@@ -27,7 +28,17 @@ def add_picker_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--scrape-interval", type=float, default=0.05, help="seconds between metrics scrapes")
+    p.add_argument(
+        "--scrape-timeout", type=float, default=0.5, help="seconds one scrape may take (slower: slow pod)"
+    )
     p.add_argument("--staleness", type=float, default=1.0, help="seconds after which pod metrics are too old")
+    p.add_argument(
+        "--max-attempts",
+        type=int,
+        default=2,
+        help="pods tried per request: the pick, then retries elsewhere before any byte reached the client "
+        "(default 2)",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed for random pickers (reproducible runs)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
@@ -40,6 +51,8 @@ def picker_option_values(args: argparse.Namespace) -> dict[str, Any]:
         "strategy": args.strategy,
         "host": args.host,
         "scrape_interval_s": args.scrape_interval,
+        "scrape_timeout_s": args.scrape_timeout,
+        "max_attempts": args.max_attempts,
         "staleness_s": args.staleness,
         "seed": args.seed,
         "log_level": args.log_level,

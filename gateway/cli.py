@@ -29,6 +29,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="largest request body accepted; bigger ones get 413 (default 10 MiB)",
     )
+    p.add_argument(
+        "--connect-timeout", type=_seconds, default=2.0, help="seconds to connect to a pod (default 2)"
+    )
+    p.add_argument(
+        "--first-byte-timeout",
+        type=_seconds,
+        default=300.0,
+        help="seconds to a pod's first body byte; then the attempt fails and is retried elsewhere "
+        "(default 300: a non-streamed answer's first byte comes when it is complete)",
+    )
+    p.add_argument(
+        "--chunk-timeout",
+        type=_seconds,
+        default=60.0,
+        help="longest silence from a pod mid-answer; a stream then ends with an SSE error event (default 60)",
+    )
     p.set_defaults(func=run_gateway)
 
 
@@ -36,6 +52,13 @@ def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be 0..65535, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
 
 
@@ -53,7 +76,14 @@ def run_gateway(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level)
     extra = {} if args.max_body_bytes is None else {"max_body_bytes": args.max_body_bytes}
-    options = GatewayOptions(**picker_option_values(args), port=args.port, **extra)
+    options = GatewayOptions(
+        **picker_option_values(args),
+        port=args.port,
+        connect_timeout_s=args.connect_timeout,
+        first_byte_timeout_s=args.first_byte_timeout,
+        chunk_timeout_s=args.chunk_timeout,
+        **extra,
+    )
     try:
         gateway = build_gateway(options, env=dict(os.environ))
     except ConfigError as exc:

@@ -21,7 +21,13 @@ import orjson
 from epp.requestcontrol import lifecycle as lc
 from epp.requestcontrol.lifecycle import RequestLifecycle
 from gateway.asgi import Headers, error_body
-from gateway.context import OUTCOME_UPSTREAM_ABORTED, OUTCOME_UPSTREAM_FAILED, BytesReply, Reply, RequestContext
+from gateway.context import (
+    OUTCOME_UPSTREAM_ABORTED,
+    OUTCOME_UPSTREAM_FAILED,
+    BytesReply,
+    Reply,
+    RequestContext,
+)
 from gateway.response_watch import ResponseWatcher
 
 logger = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ class Usage:
 
 
 class ResponseWatcher:
-    """Feed every relayed chunk to `feed` (True once, for the chunk with the first content); then `usage()`."""
+    """Feed every relayed chunk to `feed` (True once: the chunk with the first content), then `usage()`."""
 
     __slots__ = ("_buffer", "_json_parts", "_json_size", "_seen_content", "_sse", "_usage")
 

@@ -19,8 +19,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from epp.datastore import Endpoint, EndpointEvent, MetricsSnapshot
 from epp.scheduling.params import parse_params
 from epp.scheduling.plugins import PluginDeps, PluginRegistry
-from epp.requestcontrol.lifecycle import CLIENT_GONE
-from epp.scheduling.types import AttemptReport, Candidate, SchedulingContext
+from epp.scheduling.types import CLIENT_GONE, AttemptReport, Candidate, SchedulingContext
 from scorers.prefix_index import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_LRU_CAPACITY,
@@ -160,10 +159,11 @@ class PrefixCacheScorer:
         """A pod that never answered did not cache the prompt: take back the blocks `pre_request` gave it.
 
         Blocks it held before this request stay. A pod that answered (even with an error) keeps them: it
-        may have computed the prefix. If another request added the same blocks to the pod meanwhile, they go
-        too; the index is approximate and the next request through that pod puts them back.
+        may have computed the prefix; so does one the client left before it answered (it got the request).
+        If another request added the same blocks to the pod meanwhile, they go too; the index is
+        approximate and the next request through that pod puts them back.
         """
-        if report.responded or report.error == CLIENT_GONE:  # the client left: the pod may well have it
+        if report.responded or report.error == CLIENT_GONE:
             return
         by_pod: dict[str, list[int]] | None = ctx.cycle.data.get(self._added_key)
         if not by_pod:

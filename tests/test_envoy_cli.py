@@ -12,8 +12,8 @@ import httpx
 import pytest
 import yaml
 
+from bench.envoy_stack.processes import find_envoy_binary
 from epp.envoy_gateway.config import EnvoyConfigError, EnvoyConfigOptions, render_config, split_endpoint
-from epp.envoy_gateway.processes import find_envoy_binary
 from tests.test_envoy_support import addresses, chat_body, poll, sim_pods
 
 EPP = [sys.executable, "-m", "epp.cli"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.envoy_stack.stack import EnvoyStack, StackOptions
 from bench.sim.process import SimProcess
-from epp.envoy_gateway.stack import EnvoyStack, StackOptions
 from tests.test_envoy_support import MODEL, addresses, chat_body, envoy_stat, metric_sum, poll, sim_pods
 
 pytestmark = pytest.mark.slow

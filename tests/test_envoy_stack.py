@@ -10,8 +10,8 @@ import openai
 import orjson
 import pytest
 
+from bench.envoy_stack.stack import EnvoyStack, StackOptions
 from bench.sim.process import SimProcess
-from epp.envoy_gateway.stack import EnvoyStack, StackOptions
 from tests.test_envoy_support import MODEL, addresses, chat_body, metric_sum, poll, served, sim_pods
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import httpx
 import orjson
-import pytest
 
 from bench.sim.fleet import SimFleet
 from epp.embedded_http import EmbeddedServer

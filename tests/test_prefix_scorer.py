@@ -13,7 +13,7 @@ from epp.scheduling.plugins import (
     RequestFailed,
     Scorer,
 )
-from epp.scheduling.types import AttemptReport, Candidate, LLMRequest, SchedulingContext
+from epp.scheduling.types import CLIENT_GONE, AttemptReport, Candidate, LLMRequest, SchedulingContext
 from scorers import prefix_cache_scorer
 from scorers.prefix_cache_scorer import PrefixCacheScorer, factory
 
@@ -195,16 +195,20 @@ def test_refused_attempt_takes_back_only_the_blocks_it_added() -> None:
     assert plugin.score(ctx(blocks(5)), [a, b]) == {"a": 0.4, "b": 1.0}
 
 
-def test_answered_attempt_keeps_its_blocks() -> None:
+def test_answered_or_abandoned_attempt_keeps_its_blocks() -> None:
     plugin = PrefixCacheScorer(auto_size_lru=False)
     a = cand("a")
     c = ctx(blocks(3))
     sent(plugin, c, a)
     plugin.request_failed(c, AttemptReport(a.endpoint, status=500, responded=True, error="http_5xx"))
     assert plugin.index.size("a") == 3
+    gone = ctx(blocks(4, seed="g"))
+    sent(plugin, gone, a)
+    plugin.request_failed(gone, AttemptReport(a.endpoint, error=CLIENT_GONE))  # the client left, not the pod
+    assert plugin.index.size("a") == 7
     other = ctx(blocks(3, seed="z"))
     plugin.request_failed(other, AttemptReport(a.endpoint))  # never sent anywhere: nothing to take back
-    assert plugin.index.size("a") == 3
+    assert plugin.index.size("a") == 7
 
 
 def test_cache_salt_separates_prefixes() -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from epp.datastore import Datastore, Endpoint, MetricsSnapshot
 from epp.picking import ErrorReply, NullRecorder, error_reply
-from epp.requestcontrol.director import Director, DirectorSettings
 from epp.request import CHAT_PATH, RequestError
+from epp.requestcontrol.director import Director, DirectorSettings
 from epp.scheduling.profile import assemble_profile
 from epp.scheduling.scheduler import Scheduler
 from epp.scheduling.types import Criticality, LLMRequest, NoEndpointError, SchedulingResult, ShedError
@@ -57,7 +57,14 @@ def make_service(
     profile = assemble_profile(
         "default", [(SaturationFilter(), 1.0), (LeastRequestScorer(), 1.0), (MaxScorePicker(rng=rng), 1.0)]
     )
-    return Director(Scheduler(ds, profile), ds, resolver, recorder or ListRecorder(), rng, DirectorSettings("least-request"))
+    return Director(
+        Scheduler(ds, profile),
+        ds,
+        resolver,
+        recorder or ListRecorder(),
+        rng,
+        DirectorSettings("least-request"),
+    )
 
 
 def chat(model: str = "m", content: str = "hi") -> bytes:
@@ -163,5 +170,7 @@ def test_error_replies_are_openai_shaped() -> None:
 
 def test_null_recorder_accepts_decisions() -> None:
     ds = make_datastore()
-    service = Director(make_service(ds).scheduler, ds, None, NullRecorder(), random.Random(0), DirectorSettings("x"))
+    service = Director(
+        make_service(ds).scheduler, ds, None, NullRecorder(), random.Random(0), DirectorSettings("x")
+    )
     assert service.begin(chat(), {}, CHAT_PATH).result.endpoint.name == "pod-a"

@@ -323,13 +323,24 @@ def test_scores_are_clamped_to_unit_range_before_weighting() -> None:
         {"type": "fixed", "name": "s", "parameters": {"scores": {"a": 0.5, "c": 1.0}}},
         {"type": "max-score-picker"},
     ]
-    cfg = config(plugins, {"p": [{"pluginRef": "wild", "weight": 10}, "s", "max-score-picker"]})
-    sched = build_scheduler(cfg, datastore(PODS), reg, random.Random(0))
+    wild = {"pluginRef": "wild", "weight": 10}
+    for refs in ([wild, "s", "max-score-picker"], ["s", wild, "max-score-picker"]):
+        sched = build_scheduler(config(plugins, {"p": refs}), datastore(PODS), reg, random.Random(0))
+        result = sched.schedule(request())
+        assert result.scores["wild"] == {"a": 0.0, "b": 1.0, "c": 0.0}  # NaN -> 0, 7.5 -> 1, -3 -> 0
+        assert result.total_scores == pytest.approx({"a": 0.5, "b": 10.0, "c": 1.0})
+        assert result.endpoint.name == "b"
+        assert result.scores["s"] == {"a": 0.5, "b": 0.0, "c": 1.0}  # in-range scores pass unchanged
+    # Weight 0: not added, but still reported clamped.
+    sched = build_scheduler(
+        config(plugins, {"p": [{"pluginRef": "wild", "weight": 0}, "s", "max-score-picker"]}),
+        datastore(PODS),
+        reg,
+        random.Random(0),
+    )
     result = sched.schedule(request())
-    assert result.scores["wild"] == {"a": 0.0, "b": 1.0, "c": 0.0}  # NaN -> 0, 7.5 -> 1, -3 -> 0
-    assert result.total_scores == pytest.approx({"a": 0.5, "b": 10.0, "c": 1.0})
-    assert result.endpoint.name == "b"
-    assert result.scores["s"] == {"a": 0.5, "b": 0.0, "c": 1.0}  # in-range scores pass unchanged
+    assert result.scores["wild"] == {"a": 0.0, "b": 1.0, "c": 0.0}
+    assert result.total_scores == pytest.approx({"a": 0.5, "b": 0.0, "c": 1.0})
 
 
 class Timer:

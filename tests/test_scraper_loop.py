@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from epp.datastore import Datastore, Endpoint, EndpointEvent, MetricsSnapshot
+from epp.health.endpoint_health import HealthState
 from metrics_scraper import Scraper
 from metrics_scraper.fetch import AiohttpFetcher, FetchError, MetricsFetcher
 
@@ -190,10 +191,12 @@ async def test_failing_pod_unschedulable_until_it_answers(
         pod.mode = mode
         await wait_for(lambda: not schedulable(ds, pod.name), f"pod unschedulable in mode {mode}")
         state = ds.get(pod.name)
-        assert state is not None and state.last_error is not None
-        assert expected_error.lower() in state.last_error.lower()
-        assert state.unreachable is (mode != "hang")  # only a slow pod stays a panic-mode candidate
-        await wait_for(lambda: state.consecutive_failures >= 3, "several failed scrapes")
+        assert state is not None and state.health.scrape_error is not None
+        assert expected_error.lower() in state.health.scrape_error.lower()
+        # A slow pod is only out once its metrics are stale (and stays a panic-mode candidate).
+        expected_state = HealthState.STALE if mode == "hang" else HealthState.UNREACHABLE
+        assert ds.health_state(state) is expected_state
+        await wait_for(lambda: state.health.consecutive_scrape_failures >= 3, "several failed scrapes")
         pod.mode = "ok"
         await wait_for(lambda: schedulable(ds, pod.name), "pod schedulable again")
     finally:
@@ -218,7 +221,7 @@ async def test_stale_snapshot_unschedulable_while_scrape_hangs(
         pod.mode = "hang"
         await wait_for(lambda: not schedulable(ds, pod.name), "stale pod unschedulable")
         state = ds.get(pod.name)
-        assert state is not None and state.last_error is None
+        assert state is not None and state.health.scrape_error is None
     finally:
         await scraper.stop()
 

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import yaml
 
+from bench.envoy_stack.processes import Child, find_envoy_binary
 from epp.envoy_gateway.config import EnvoyConfigOptions, render_config, split_endpoint
-from epp.envoy_gateway.processes import Child, find_envoy_binary
 
 
 def config_without_picker(pods: list[tuple[str, int]]) -> dict[str, Any]:

@@ -15,9 +15,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from bench.compare.frontends import GatewayProcess
+from bench.envoy_stack.stack import EnvoyStack, StackOptions
 from bench.overhead.envoy_alone import envoy_alone
 from bench.peers import PEER_KINDS, POLICIES, PeerRouter, available_peers
-from epp.envoy_gateway.stack import EnvoyStack, StackOptions
 
 
 @dataclass(frozen=True)

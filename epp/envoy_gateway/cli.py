@@ -35,6 +35,13 @@ def _pool_flags(p: argparse.ArgumentParser) -> None:
         help="when epp is down or fails, answer 502 (the default without a FailOpen pool)",
     )
     p.add_argument("--retries", type=int, default=2, help="retries on another pod before any response byte")
+    p.add_argument(
+        "--upstream-idle-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a pod may stay silent (before or during its answer) before the attempt fails and, "
+        "if nothing reached the client yet, is retried elsewhere (default 300)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -62,9 +69,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_config(args: argparse.Namespace) -> int:
+    from bench.envoy_stack.stack import StackOptions, resolve_pool
     from epp.config import ConfigError
     from epp.envoy_gateway.config import EnvoyConfigError, EnvoyConfigOptions, render_yaml
-    from epp.envoy_gateway.stack import StackOptions, resolve_pool
 
     try:
         pool = resolve_pool(
@@ -80,6 +87,7 @@ def run_config(args: argparse.Namespace) -> int:
                 admin_port=args.admin_port,
                 fail_open=pool.fail_open,
                 num_retries=args.retries,
+                upstream_idle_timeout_s=args.upstream_idle_timeout,
             )
         )
     except (ConfigError, EnvoyConfigError) as exc:
@@ -90,9 +98,9 @@ def run_config(args: argparse.Namespace) -> int:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    from bench.envoy_stack.stack import EnvoyStack, StackError, StackOptions
     from epp.config import ConfigError
     from epp.envoy_gateway.config import EnvoyConfigError
-    from epp.envoy_gateway.stack import EnvoyStack, StackError, StackOptions
 
     options = StackOptions(
         endpoints=args.endpoints,
@@ -104,6 +112,7 @@ def run_up(args: argparse.Namespace) -> int:
         fail_open=args.fail_open,
         fallback_endpoints=args.fallback_endpoints,
         num_retries=args.retries,
+        upstream_idle_timeout_s=args.upstream_idle_timeout,
         envoy_concurrency=args.concurrency,
         envoy_log_level=args.envoy_log_level,
     )

@@ -8,8 +8,9 @@ Sources, each with its own field on `EndpointHealth`:
 - outlier detection (epp.health.outlier): consecutive 5xx or gateway errors make it *ejected*;
 - restarts (counters went back or the start time changed) are counted; the prefix index forgets the pod.
 
-An unreachable pod backs off on its own: it stays out for `backoff_s` (doubling with every mark in a row,
-capped) and comes back at the first good scrape after that.
+A pod the proxy could not reach backs off on its own: it stays out for a back-off (doubling with every
+such mark in a row, capped, reset by an answered request) and comes back at the first good scrape after
+that. A pod whose scrape was refused comes back at its next good scrape.
 """
 
 from __future__ import annotations
@@ -48,14 +49,13 @@ class EndpointHealth:
     unreachable_strikes: int = 0  # marks in a row; reset by a successful request
     restarts: int = 0
 
-    def mark_unreachable(self, reason: str, now: float) -> None:
-        self.unreachable_strikes += 1
-        backoff = min(
-            UNREACHABLE_BACKOFF_CAP_S, UNREACHABLE_BACKOFF_BASE_S * 2 ** (self.unreachable_strikes - 1)
-        )
+    def mark_unreachable(self, reason: str, now: float, backoff: bool = True) -> None:
         self.unreachable_reason = reason
         self.unreachable_at = now
-        self.unreachable_until = max(self.unreachable_until, now + backoff)
+        if backoff:
+            self.unreachable_strikes += 1
+            delay = UNREACHABLE_BACKOFF_BASE_S * 2 ** (self.unreachable_strikes - 1)
+            self.unreachable_until = max(self.unreachable_until, now + min(UNREACHABLE_BACKOFF_CAP_S, delay))
 
     def scrape_succeeded(self, now: float) -> None:
         self.scrape_error = None
@@ -69,7 +69,7 @@ class EndpointHealth:
         self.scrape_timed_out = timed_out
         self.consecutive_scrape_failures += 1
         if not timed_out:
-            self.mark_unreachable(f"scrape: {error}", now)
+            self.mark_unreachable(f"scrape: {error}", now, backoff=False)
 
     def request_succeeded(self) -> None:
         self.unreachable_strikes = 0

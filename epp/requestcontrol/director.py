@@ -3,15 +3,15 @@
 parse -> admit -> schedule -> (per attempt) before-request hooks -> the transport forwards -> response
 started / first content token / completed / failed -> record. Envoy's ext_proc server, `epp gateway` and
 `POST /pick` are thin transports over it: they turn their protocol's events into calls on the
-`RequestLifecycle` that `Director.begin` returns, and never touch in-flight counts, the prefix index or outlier
-detection themselves.
+`RequestLifecycle` that `Director.begin` returns, and never touch in-flight counts, the prefix index or
+outlier detection themselves.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Container, Mapping
+from collections.abc import Collection, Container, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -136,12 +136,12 @@ class Director:
         )
         return RequestLifecycle(self, request, result, parsed.rewritten_body, start)
 
-    def reschedule(self, lifecycle: RequestLifecycle, excluded: Container[str]) -> SchedulingResult:
-        """Schedule again without `excluded`, over the candidates before affinity (saturation still applies)."""
+    def reschedule(self, lifecycle: RequestLifecycle, excluded: Collection[str]) -> SchedulingResult:
+        """Schedule again without `excluded`, over the candidates before affinity (saturation applies)."""
         return self.scheduler.schedule(
             lifecycle.request,
             lifecycle.result.profile,
-            excluded=excluded,  # type: ignore[arg-type]
+            excluded=excluded,
             relax_affinity=True,
             context=lifecycle.result.context,
         )

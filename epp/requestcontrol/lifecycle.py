@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Protocol
 from epp.datastore import Endpoint
 from epp.health.outlier import AttemptResult
 from epp.scheduling.profile import SchedulingProfile
-from epp.scheduling.types import AttemptReport, LLMRequest, SchedulingError, SchedulingResult
+from epp.scheduling.types import (
+    CLIENT_GONE,
+    AttemptReport,
+    LLMRequest,
+    SchedulingError,
+    SchedulingResult,
+)
 
 if TYPE_CHECKING:
     from epp.requestcontrol.director import Director
@@ -28,7 +34,6 @@ CHUNK_TIMEOUT = "chunk_timeout"  # the pod went silent mid-answer
 ABORTED = "aborted"  # the pod broke off mid-answer
 HTTP_5XX = "http_5xx"  # the pod answered 5xx and the answer was not relayed (retried elsewhere)
 FALLBACK = "fallback"  # Envoy: the pick failed and a fallback endpoint served instead
-CLIENT_GONE = "client_gone"
 _UNREACHABLE = frozenset({CONNECT_FAILED, RESET})
 
 

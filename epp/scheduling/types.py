@@ -90,6 +90,10 @@ class SchedulingResult:
         return [picked, *rest]
 
 
+CLIENT_GONE = "client_gone"
+"""AttemptReport.error when the client left, not the pod: plugins must not blame the pod for it."""
+
+
 @dataclass(slots=True)
 class AttemptReport:
     """How one attempt to serve a request on one endpoint went (filled by the front end)."""

@@ -12,9 +12,9 @@ Pick errors become an ImmediateResponse with an OpenAI-style JSON body.
 Everything else is the request's lifecycle (epp.requestcontrol): the pick is in flight from the decision
 until the stream ends. The response headers tell epp the status and, from the header Envoy's route adds
 (`x-epp-served-by: %UPSTREAM_REMOTE_ADDRESS%`), which pod answered: when that is a fallback, the pick failed
-(a gateway error for outlier detection) and in-flight counts and the prefix index move to the pod that served.
-An answer of Envoy's own (no pod address) counts for the pick, by its status. Request trailers are answered with
-CONTINUE and do not trigger routing.
+(a gateway error for outlier detection) and in-flight counts and the prefix index move to the pod that
+served. An answer of Envoy's own (no pod address) counts for the pick, by its status. Request trailers are
+answered with CONTINUE and do not trigger routing.
 """
 
 from __future__ import annotations

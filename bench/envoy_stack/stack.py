@@ -21,9 +21,9 @@ from types import TracebackType
 
 import httpx
 
+from bench.envoy_stack.processes import Child, StackError, find_envoy_binary
 from epp.config import load_config, parse_endpoints
 from epp.envoy_gateway.config import EnvoyConfigOptions, render_yaml, split_endpoint
-from epp.envoy_gateway.processes import Child, StackError, find_envoy_binary
 
 _SERVE_READY = re.compile(r"epp serving: ext_proc grpc [^ ]+:(\d+), http [^ ]+:(\d+)")
 
@@ -41,6 +41,7 @@ class StackOptions:
     fail_open: bool | None = None  # None: the pool's extensionRef.failureMode (FailOpen), else fail closed
     fallback_endpoints: int = 2  # extra addresses epp lists for Envoy's retries
     num_retries: int = 2
+    upstream_idle_timeout_s: float = 300.0  # Envoy's per-try idle timeout: a silent pod fails the attempt
     envoy_concurrency: int | None = None  # Envoy worker threads (default: one per core)
     envoy_log_level: str = "warning"
     wait_for_pods: bool = True  # start() also waits for epp's /readyz (a pod scraped), not only for startup
@@ -137,6 +138,7 @@ class EnvoyStack:
             listen_port=opts.port,
             fail_open=self.pool.fail_open,
             num_retries=opts.num_retries,
+            upstream_idle_timeout_s=opts.upstream_idle_timeout_s,
         )
         config_path = self._path("envoy.yaml")
         config_path.write_text(render_yaml(config), "utf-8")
