@@ -85,7 +85,7 @@ class PickerCore:
     ) -> None:
         self.config = config
         self.outlier = OutlierDetector(config.outlier_settings, listener=self._on_ejection)
-        self.datastore = Datastore(staleness_s=staleness_s, is_ejected=self.outlier.is_ejected)
+        self.datastore = Datastore(staleness_s=staleness_s, outlier=self.outlier)
         self.datastore.subscribe(self._on_endpoint_event)
         self.datastore.set_endpoints(endpoints)
         self.metrics = EppMetrics(self.datastore)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from epp.health.endpoint_health import ROUTABLE, EndpointHealth, HealthState, classify
+from epp.health.outlier import OutlierDetector
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +85,12 @@ class Datastore:
     def __init__(
         self,
         staleness_s: float = 1.0,
-        is_ejected: Callable[[str], bool] | None = None,
+        outlier: OutlierDetector | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`is_ejected` is outlier detection's verdict per endpoint name (default: never ejected)."""
+        """`outlier` says which endpoints are ejected (default: none ever is)."""
         self.staleness_s = staleness_s
-        self.is_ejected: Callable[[str], bool] = is_ejected or _never
+        self.outlier = outlier
         self.clock = clock
         self._states: dict[str, EndpointState] = {}
         self._listeners: list[EndpointListener] = []
@@ -165,7 +166,8 @@ class Datastore:
 
     def health_state(self, state: EndpointState, now: float | None = None) -> HealthState:
         age = None if state.metrics is None else state.metrics.age(self.clock() if now is None else now)
-        return classify(state.health, age, self.staleness_s, self.is_ejected(state.endpoint.name))
+        ejected = self.outlier is not None and self.outlier.is_ejected(state.endpoint.name)
+        return classify(state.health, age, self.staleness_s, ejected)
 
     def is_schedulable(self, state: EndpointState, now: float | None = None) -> bool:
         """Healthy, or slow with metrics still inside the staleness bound."""
@@ -179,14 +181,18 @@ class Datastore:
         ejected is never in it.
         """
         now = self.clock() if now is None else now
-        fresh = []
-        stale = []
+        # The per-decision hot path: the same rules as `health_state`, with the ejected set asked once.
+        ejected = self.outlier.ejected_hosts() if self.outlier is not None else ()
+        staleness = self.staleness_s
+        fresh: list[EndpointState] = []
+        stale: list[EndpointState] = []
         for s in self._states.values():
-            st = self.health_state(s, now)
-            if st in ROUTABLE:
-                fresh.append(s)
-            elif st is HealthState.STALE:
-                stale.append(s)
+            m = s.metrics
+            if m is None or s.health.unreachable_reason is not None:
+                continue
+            if ejected and s.endpoint.name in ejected:
+                continue
+            (fresh if now - m.scraped_at <= staleness else stale).append(s)
         return fresh or stale
 
     def reports_adapter(self, name: str) -> bool:
@@ -209,10 +215,6 @@ class Datastore:
         state = self._states.get(name)
         if state is not None and state.in_flight > 0:
             state.in_flight -= 1
-
-
-def _never(_name: str) -> bool:
-    return False
 
 
 def _restarted(prev: MetricsSnapshot, cur: MetricsSnapshot) -> bool:

@@ -69,11 +69,15 @@ class DatastoreCollector(Collector):
             "the pod gets no traffic), 0 for the others.",
             labels=["endpoint", "state"],
         )
+        restarts = _per_endpoint(
+            "epp_endpoint_restarts", "Restarts of the pod seen by the scraper (the index forgets it)."
+        )
         states = self._datastore.states()
         schedulable_count = 0
         for state in states:
             name = [state.endpoint.name]
             in_flight.add_metric(name, state.in_flight)
+            restarts.add_metric(name, state.health.restarts)
             current = self._datastore.health_state(state, now)
             ok = current in ROUTABLE
             schedulable_count += ok
@@ -87,7 +91,7 @@ class DatastoreCollector(Collector):
             running.add_metric(name, snap.running)
             kv.add_metric(name, snap.kv_cache_usage)
             staleness.add_metric(name, max(0.0, snap.age(now)))
-        yield from (waiting, running, kv, in_flight, staleness, schedulable_flag, health)
+        yield from (waiting, running, kv, in_flight, staleness, schedulable_flag, health, restarts)
         yield GaugeMetricFamily(
             "epp_schedulable_endpoints", "Endpoints with fresh metrics.", value=schedulable_count
         )

@@ -9,6 +9,7 @@ outlier detection themselves.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Collection, Container, Mapping
@@ -35,6 +36,8 @@ from epp.scheduling.types import (
     SchedulingResult,
     ShedError,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class AdapterNames(Protocol):
@@ -134,6 +137,17 @@ class Director:
         self.recorder.record_decision(
             self.strategy_name, "ok", latency, result.prefix_match_ratio, result.endpoint.name
         )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "pick request_id=%s model=%s target=%s endpoint=%s prefix_ratio=%s totals=%s latency_ms=%.3f",
+                request.request_id,
+                request.model,
+                request.target_model,
+                result.endpoint.address,
+                result.prefix_match_ratio,
+                result.total_scores,
+                latency * 1000,
+            )
         return RequestLifecycle(self, request, result, parsed.rewritten_body, start)
 
     def reschedule(self, lifecycle: RequestLifecycle, excluded: Collection[str]) -> SchedulingResult:

@@ -217,10 +217,12 @@ class RequestLifecycle:
         if count <= 0:
             return []
         director = self._director
-        try:
-            result = director.reschedule(self, frozenset((self.endpoint.name,)))
-        except SchedulingError:
-            return []
+        result = self.result
+        if result.affinity_narrowed:  # the decision's own ranking lacks the pods affinity dropped
+            try:
+                result = director.reschedule(self, frozenset((self.endpoint.name,)))
+            except SchedulingError:
+                return []
         out = []
         for name in result.ranked():
             state = director.datastore.get(name)

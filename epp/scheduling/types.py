@@ -77,6 +77,7 @@ class SchedulingResult:
     candidates_after_filters: list[str]
     context: SchedulingContext
     prefix_match_ratio: float | None = None  # for the picked endpoint, when a prefix plugin ran
+    affinity_narrowed: bool = False  # an affinity filter removed candidates (a retry would see more)
 
     def ranked(self) -> list[str]:
         """Candidates after the filters, the picked one first, then by falling total score.
