@@ -143,6 +143,7 @@ class EppMetrics:
             ["endpoint", "outcome"],
             registry=r,
         )
+        self._attempt_children: dict[tuple[str, str], Counter] = {}
         self.retries = Counter(
             "epp_retries", "Requests scheduled again on another pod, by the failure.", ["reason"], registry=r
         )
@@ -176,10 +177,20 @@ class EppMetrics:
         for labelled in (self.scrape_errors, self.picks):
             with contextlib.suppress(KeyError):
                 labelled.remove(endpoint.name)
+        for key in [k for k in self._attempt_children if k[0] == endpoint.name]:
+            del self._attempt_children[key]
+            with contextlib.suppress(KeyError):
+                self.attempts.remove(*key)
 
     # -- AttemptObserver (epp.requestcontrol) and outlier ejections ----------------
     def on_attempt(self, report: AttemptReport, outcome: str) -> None:
-        self.attempts.labels(endpoint=report.endpoint.name, outcome=outcome).inc()
+        key = (report.endpoint.name, outcome)
+        child = self._attempt_children.get(key)
+        if (
+            child is None
+        ):  # labels() takes a lock and builds a tuple: once per pod and outcome, not per request
+            child = self._attempt_children[key] = self.attempts.labels(endpoint=key[0], outcome=outcome)
+        child.inc()
 
     def on_retry(self, reason: str) -> None:
         self.retries.labels(reason=reason).inc()

@@ -16,7 +16,6 @@ import httpx
 from pydantic import ValidationError
 from rich.console import Console
 
-from bench.compare.plot import plot_comparison
 from bench.compare.report import rich_table, rows_of, write_reports
 from bench.compare.runner import CompareSpec, VariantResult, run_comparison
 from bench.compare.variants import DEFAULT_STRATEGIES, DIRECT, build_variants, parse_strategy_list
@@ -212,6 +211,8 @@ def finish_report(
         console.print(f"[yellow]note:[/] {note}")
     json_path, md_path = write_reports(rows, context, markdown_intro(context), spec.output_dir)
     runs = [(r.variant.name, r.bench.records, r.bench.duration) for r in results]
+    from bench.compare.plot import plot_comparison  # matplotlib: only when a comparison ran
+
     png = plot_comparison(runs, spec.output_dir / "compare.png", title)
     console.print(f"Results: {json_path}, {md_path}; plot: {png}; per-request CSVs in {spec.output_dir}")
 

@@ -22,8 +22,8 @@ from types import TracebackType
 import httpx
 
 from bench.envoy_stack.processes import Child, StackError, find_envoy_binary
-from epp.config import load_config, parse_endpoints
-from epp.envoy_gateway.config import EnvoyConfigOptions, render_yaml, split_endpoint
+from epp.envoy_gateway.config import EnvoyConfigOptions, ResolvedPool, render_yaml
+from epp.envoy_gateway.config import resolve_pool as resolve_pool_config
 
 _SERVE_READY = re.compile(r"epp serving: ext_proc grpc [^ ]+:(\d+), http [^ ]+:(\d+)")
 
@@ -49,25 +49,9 @@ class StackOptions:
     startup_timeout_s: float = 30.0
 
 
-@dataclass(frozen=True)
-class ResolvedPool:
-    endpoints: list[tuple[str, int]]  # (IP, port)
-    fail_open: bool
-
-
 def resolve_pool(options: StackOptions) -> ResolvedPool:
-    """The pool's pods (the configs' StaticEndpoints, then --endpoints) and its failure mode.
-
-    Raises ConfigError for a bad config, EnvoyConfigError for an endpoint Envoy cannot use."""
-    config = load_config([Path(p) for p in options.config_paths], dict(os.environ), strategy=options.strategy)
-    endpoints = list(config.static_endpoints)
-    if options.endpoints:
-        endpoints += parse_endpoints(options.endpoints)
-    fail_open = options.fail_open
-    if fail_open is None:
-        ref = config.pool.spec.extension_ref if config.pool is not None else None
-        fail_open = ref is not None and ref.failure_mode == "FailOpen"  # GIE's default is FailClose
-    return ResolvedPool([split_endpoint(e.address) for e in endpoints], fail_open)
+    """The pool's pods and failure mode for these options (epp.envoy_gateway.config.resolve_pool)."""
+    return resolve_pool_config(options.config_paths, options.endpoints, options.strategy, options.fail_open)
 
 
 class EnvoyStack:

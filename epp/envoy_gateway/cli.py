@@ -69,14 +69,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_config(args: argparse.Namespace) -> int:
-    from bench.envoy_stack.stack import StackOptions, resolve_pool
     from epp.config import ConfigError
-    from epp.envoy_gateway.config import EnvoyConfigError, EnvoyConfigOptions, render_yaml
+    from epp.envoy_gateway.config import EnvoyConfigError, EnvoyConfigOptions, render_yaml, resolve_pool
 
     try:
-        pool = resolve_pool(
-            StackOptions(endpoints=args.endpoints, config_paths=args.config, fail_open=args.fail_open)
-        )
+        pool = resolve_pool(args.config, args.endpoints, None, args.fail_open)
         text = render_yaml(
             EnvoyConfigOptions(
                 endpoints=pool.endpoints,

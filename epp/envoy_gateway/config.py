@@ -12,11 +12,15 @@ as OpenAI-style JSON errors.
 from __future__ import annotations
 
 import ipaddress
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from epp.config import load_config, parse_endpoints
 from epp.servers.extproc_messages import DESTINATION_HEADER, DESTINATION_METADATA_NAMESPACE, SERVED_BY_HEADER
 
 POOL_CLUSTER = "inference_pool"
@@ -50,6 +54,29 @@ class EnvoyConfigOptions:
     # No byte from the pod for this long (before or during the answer): the attempt fails, and before any
     # byte went to the client Envoy retries on the next fallback. A non-streamed answer comes all at once.
     upstream_idle_timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class ResolvedPool:
+    endpoints: list[tuple[str, int]]  # (IP, port)
+    fail_open: bool
+
+
+def resolve_pool(
+    config_paths: Sequence[str], endpoints: str | None, strategy: str | None, fail_open: bool | None
+) -> ResolvedPool:
+    """The pool's pods (the configs' StaticEndpoints, then `endpoints`) and its failure mode (`fail_open`
+    None: the pool's extensionRef.failureMode, GIE's default FailClose).
+
+    Raises ConfigError for a bad config, EnvoyConfigError for an endpoint Envoy cannot use."""
+    config = load_config([Path(p) for p in config_paths], dict(os.environ), strategy=strategy)
+    found = list(config.static_endpoints)
+    if endpoints:
+        found += parse_endpoints(endpoints)
+    if fail_open is None:
+        ref = config.pool.spec.extension_ref if config.pool is not None else None
+        fail_open = ref is not None and ref.failure_mode == "FailOpen"
+    return ResolvedPool([split_endpoint(e.address) for e in found], fail_open)
 
 
 def split_endpoint(address: str) -> tuple[str, int]:
