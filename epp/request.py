@@ -105,7 +105,7 @@ def parse_request(
     if target != model:
         data["model"] = target
         rewritten = orjson.dumps(data)
-    lora = target if target != model or target in known_adapters else None
+    lora = target if target in known_adapters else None  # adapters: from the pods, never from a rename
     request = LLMRequest(
         request_id=request_id_from(headers),
         model=model,

@@ -144,6 +144,8 @@ class UpstreamReply:
                 yield chunk
                 if first_content:  # after the send: this is when the client has its first token
                     lifecycle.first_token()
+                if content.at_eof():  # all read: no wait, no timer
+                    break
                 async with asyncio.timeout(self._chunk_s):
                     chunk = await content.readany()
         except TimeoutError:

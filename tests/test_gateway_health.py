@@ -529,11 +529,6 @@ spec: {{modelName: {ADAPTER}, poolRef: {{name: pool}}, targetModels: [{{name: {A
     return str(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="epp/request.py parse_request: `lora = target if target != model or target in known_adapters` "
-    "makes every InferenceModel rename a LoRA request, even when the target is the pods' base model",
-)
 async def test_inference_model_renaming_the_base_model_is_not_lora_routed(tmp_path: Path) -> None:
     async with (
         SimFleet(

@@ -150,9 +150,11 @@ def test_passthrough_without_inference_models() -> None:
 def test_rewrite_to_adapter_produces_new_body_and_criticality() -> None:
     resolver = DictResolver({"food": ModelSpec(Criticality.SHEDDABLE, ["food-lora-v2"])})
     raw = {"model": "food", "messages": [{"role": "user", "content": "x"}], "temperature": 0}
-    parsed = parse(orjson.dumps(raw), resolver=resolver)
+    parsed = parse(orjson.dumps(raw), resolver=resolver, known_adapters={"food-lora-v2"})
     req = parsed.request
     assert (req.model, req.target_model, req.lora_adapter) == ("food", "food-lora-v2", "food-lora-v2")
+    # The same rewrite to a name no pod lists as an adapter is a base model: not LoRA-routed.
+    assert parse(orjson.dumps(raw), resolver=resolver).request.lora_adapter is None
     assert req.criticality is Criticality.SHEDDABLE
     assert parsed.rewritten_body is not None
     assert orjson.loads(parsed.rewritten_body) == {**raw, "model": "food-lora-v2"}
@@ -210,7 +212,7 @@ def test_real_model_registry_resolves_and_empty_one_passes_through() -> None:
         }
     )
     body = chat_body([{"role": "user", "content": "x"}], model="food")
-    req = parse_request(body, {}, CHAT_PATH, ModelRegistry([food]), random.Random(0)).request
+    req = parse_request(body, {}, CHAT_PATH, ModelRegistry([food]), random.Random(0), {"food-lora"}).request
     assert (req.target_model, req.lora_adapter, req.criticality) == (
         "food-lora",
         "food-lora",

@@ -99,7 +99,9 @@ def test_empty_body_on_inference_path_is_400() -> None:
 
 def test_rewrite_returns_new_body_and_lora() -> None:
     resolver = DictResolver({"food": ModelSpec(Criticality.STANDARD, ["food-lora"])})
-    outcome = make_service(make_datastore(), resolver).begin(chat("food"), {}, CHAT_PATH)
+    ds = make_datastore()
+    ds.update_metrics("pod-a", snapshot(loras=frozenset({"food-lora"})))  # a pod reports the adapter
+    outcome = make_service(ds, resolver).begin(chat("food"), {}, CHAT_PATH)
     assert outcome.request.lora_adapter == "food-lora"
     assert outcome.rewritten_body is not None
     assert orjson.loads(outcome.rewritten_body)["model"] == "food-lora"

@@ -54,6 +54,7 @@ class EnvoyConfigOptions:
     # No byte from the pod for this long (before or during the answer): the attempt fails, and before any
     # byte went to the client Envoy retries on the next fallback. A non-streamed answer comes all at once.
     upstream_idle_timeout_s: float = 300.0
+    access_log_flush_s: float = 0.05  # how late epp learns an outcome, at most (entries are batched)
 
 
 @dataclass(frozen=True)
@@ -190,15 +191,32 @@ def _extproc_filter(options: EnvoyConfigOptions) -> dict[str, Any]:
                 "request_header_mode": "SEND",
                 "request_body_mode": "BUFFERED",
                 "request_trailer_mode": "SKIP",
-                # The response headers tell epp the outcome (status, and which pod served: the route adds
-                # SERVED_BY_HEADER); the body is never sent, so SSE is not buffered. epp releases its
-                # in-flight count when Envoy closes the stream at the request's end.
-                "response_header_mode": "SEND",
+                # Nothing of the response reaches epp over ext_proc (two messages per request, SSE not
+                # buffered): epp releases its in-flight count when Envoy closes the stream at the request's
+                # end, and learns the outcome from the access log (_access_log), batched.
+                "response_header_mode": "SKIP",
                 "response_body_mode": "NONE",
                 "response_trailer_mode": "SKIP",
             },
             # Envoy drops dynamic metadata from ext_proc outside these namespaces.
             "metadata_options": {"receiving_namespaces": {"untyped": [DESTINATION_METADATA_NAMESPACE]}},
+        },
+    }
+
+
+def _access_log(options: EnvoyConfigOptions) -> dict[str, Any]:
+    """Every request's outcome (status, the pod that served) streamed to epp's AccessLogService, on the
+    ext_proc port, many entries to a message: outlier detection and the prefix index learn from it."""
+    return {
+        "name": "envoy.access_loggers.http_grpc",
+        "typed_config": {
+            "@type": _T + "extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+            "common_config": {
+                "log_name": "epp",
+                "transport_api_version": "V3",
+                "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
+                "buffer_flush_interval": _seconds(options.access_log_flush_s),
+            },
         },
     }
 
@@ -281,6 +299,7 @@ def _listener(options: EnvoyConfigOptions) -> dict[str, Any]:
                             "match": {"prefix": "/"},
                             "route": route,
                             "request_body_buffer_limit": options.max_body_bytes,
+                            # The pod that answered, as epp's own gateway says it (a fallback shows here).
                             "response_headers_to_add": [
                                 {
                                     "header": {"key": SERVED_BY_HEADER, "value": "%UPSTREAM_REMOTE_ADDRESS%"},
@@ -300,6 +319,7 @@ def _listener(options: EnvoyConfigOptions) -> dict[str, Any]:
             },
         ],
         "local_reply_config": _local_reply_config(),
+        "access_log": [_access_log(options)],
     }
     return {
         "name": "epp_listener",

@@ -220,7 +220,7 @@ class OutlierDetector:
     def ejected_hosts(self) -> list[str]:
         """The effective ejected set (empty in panic), sorted."""
         self._run_due(self._clock())
-        if self._in_panic():
+        if not self._ejected or self._in_panic():  # the common case, once per scheduling decision
             return []
         return sorted(h for h, st in self._hosts.items() if st.ejected)
 

@@ -34,6 +34,8 @@ CHUNK_TIMEOUT = "chunk_timeout"  # the pod went silent mid-answer
 ABORTED = "aborted"  # the pod broke off mid-answer
 HTTP_5XX = "http_5xx"  # the pod answered 5xx and the answer was not relayed (retried elsewhere)
 FALLBACK = "fallback"  # Envoy: the pick failed and a fallback endpoint served instead
+NO_UPSTREAM = "no_upstream"  # Envoy answered itself: no pod it tried answered
+UNKNOWN = "unknown"  # the outcome never came
 _UNREACHABLE = frozenset({CONNECT_FAILED, RESET})
 
 
@@ -59,6 +61,8 @@ class RequestLifecycle:
     __slots__ = (
         "_current",
         "_director",
+        "_holding",
+        "_profile",
         "arrived",
         "attempts",
         "endpoint",
@@ -89,6 +93,8 @@ class RequestLifecycle:
         self.failed: list[str] = []  # pods that failed this request, in order
         self.first_token_s: float | None = None  # arrival -> first content token
         self._current: AttemptReport | None = None
+        self._holding = False  # the open attempt's pod counts this request in flight
+        self._profile = director.scheduler.profile(result.profile)  # whose hooks run
 
     @property
     def request_id(self) -> str:
@@ -104,17 +110,20 @@ class RequestLifecycle:
         return self._current is not None and self._current.responded
 
     def _profile_hooks(self) -> SchedulingProfile:
-        return self._director.scheduler.profile(self.result.profile)
+        return self._profile
 
     # -- one attempt ------------------------------------------------------------------------------------
-    def send(self) -> Endpoint:
-        """Start an attempt on `endpoint`: count it in flight and run the before-request hooks."""
+    def send(self, in_flight: bool = True) -> Endpoint:
+        """Start an attempt on `endpoint`: count it in flight (unless told the request is already over)
+        and run the before-request hooks."""
         if self._current is not None:
             raise RuntimeError("send() while an attempt is open")
         endpoint = self.endpoint
         self.attempts += 1
         self._current = AttemptReport(endpoint)
-        self._director.datastore.acquire(endpoint.name)
+        if in_flight:
+            self._director.datastore.acquire(endpoint.name)
+            self._holding = True
         ctx = self.result.context
         for hook in self._profile_hooks().pre_requests:
             hook.pre_request(ctx, endpoint)
@@ -197,6 +206,36 @@ class RequestLifecycle:
         if self._current is not None:
             self.fail(CLIENT_GONE)
 
+    def release(self) -> None:
+        """The request is over but its outcome comes later (Envoy's access log): stop counting it in
+        flight, keep the attempt open for `resolve`."""
+        if self._holding:
+            self._holding = False
+            self._director.datastore.release(self.endpoint.name)
+
+    def resolve(self, status: int, served: Endpoint | None, upstream_known: bool) -> None:
+        """The outcome Envoy logged once the request was over: `status` sent to the client (0 when the
+        client left first), and the pod that answered (`served`; None with `upstream_known` False when
+        Envoy answered itself, e.g. every pod it tried failed)."""
+        if self._current is None:
+            return
+        if status == 0:
+            self.close()
+            return
+        if not upstream_known:
+            self.fail(NO_UPSTREAM, status if status >= 500 else None)
+            return
+        if served is not None and served.name != self.endpoint.name:
+            self.served_by(served)
+        self.response_started(status)
+        self.complete()
+
+    def abandon(self) -> None:
+        """No outcome will come (no access log configured): end the attempt, recording nothing."""
+        report = self._end()
+        if report is not None:
+            self._director.observer.on_attempt(report, UNKNOWN)
+
     # -- after a failure --------------------------------------------------------------------------------
     def retry(self, reason: str) -> Endpoint | None:
         """The next pod to try after a failure, or None (attempts used up, or no other candidate)."""
@@ -208,6 +247,7 @@ class RequestLifecycle:
         except SchedulingError:
             return None
         self.result = result
+        self._profile = director.scheduler.profile(result.profile)
         self.endpoint = result.endpoint
         director.observer.on_retry(reason)
         return self.endpoint
@@ -237,15 +277,17 @@ class RequestLifecycle:
         report = self._current
         if report is None or report.endpoint.name == endpoint.name:
             return
+        holding = self._holding
         self.fail(FALLBACK)
         self.endpoint = endpoint
         self._director.observer.on_retry(FALLBACK)
-        self.send()
+        self.send(in_flight=holding)
 
     # -- internals --------------------------------------------------------------------------------------
     def _end(self) -> AttemptReport | None:
         report, self._current = self._current, None
-        if report is not None:
+        if report is not None and self._holding:
+            self._holding = False
             self._director.datastore.release(report.endpoint.name)
         return report
 

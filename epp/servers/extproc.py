@@ -10,11 +10,12 @@ candidates before prefix affinity): Envoy's override_host load balancer retries 
 Pick errors become an ImmediateResponse with an OpenAI-style JSON body.
 
 Everything else is the request's lifecycle (epp.requestcontrol): the pick is in flight from the decision
-until the stream ends. The response headers tell epp the status and, from the header Envoy's route adds
-(`x-epp-served-by: %UPSTREAM_REMOTE_ADDRESS%`), which pod answered: when that is a fallback, the pick failed
-(a gateway error for outlier detection) and in-flight counts and the prefix index move to the pod that
-served. An answer of Envoy's own (no pod address) counts for the pick, by its status. Request trailers are
-answered with CONTINUE and do not trigger routing.
+until the stream ends. How the request went comes from Envoy's gRPC access log, served on the same port
+(epp/servers/outcomes.py): the status and which pod answered. When that is a fallback, the pick failed (a
+gateway error for outlier detection) and the prefix index moves to the pod that served; an answer of Envoy's
+own (no pod address) is a failure of the pick. If Envoy is configured to send response headers instead,
+their `:status` and `x-epp-endpoint` (the pod that answered; the rendered route adds it) are used the same
+way. Request trailers are answered with CONTINUE and do not trigger routing.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf.internal import api_implementation  # type: ignore[import-untyped]
@@ -35,6 +37,7 @@ from epp.requestcontrol.director import Director
 from epp.requestcontrol.lifecycle import RequestLifecycle
 from epp.scheduling.types import SchedulingError
 from epp.servers import extproc_messages as msg
+from epp.servers.outcomes import AccessLogReceiver, OutcomeBook
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +62,10 @@ def require_fast_protobuf() -> str:
 class _Stream:
     """What one ext_proc stream (one HTTP request) has seen so far."""
 
-    __slots__ = ("chunks", "headers", "lifecycle", "path", "routed", "size")
+    __slots__ = ("book", "chunks", "headers", "lifecycle", "path", "routed", "size")
 
-    def __init__(self) -> None:
+    def __init__(self, book: OutcomeBook) -> None:
+        self.book = book
         self.headers: dict[str, str] = {}
         self.path = ""
         self.chunks: list[bytes] = []
@@ -70,14 +74,15 @@ class _Stream:
         self.lifecycle: RequestLifecycle | None = None  # set once routed to a pod
 
     def end(self) -> None:
-        """The HTTP stream is over: the pod's answer completed, or the client left before any answer."""
+        """The HTTP stream is over: with the response headers seen, the answer completed; otherwise its
+        outcome comes from Envoy's access log (OutcomeBook)."""
         lifecycle, self.lifecycle = self.lifecycle, None
         if lifecycle is None or not lifecycle.in_attempt:
             return
         if lifecycle.responded:
             lifecycle.complete()
         else:
-            lifecycle.close()
+            self.book.stream_ended(lifecycle)
 
 
 class ExtProcServicer:
@@ -89,9 +94,11 @@ class ExtProcServicer:
         datastore: Datastore,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         fallback_endpoints: int = 0,
+        book: OutcomeBook | None = None,
     ) -> None:
         if fallback_endpoints < 0:
             raise ValueError(f"fallback_endpoints must be >= 0, got {fallback_endpoints}")
+        self.book = book if book is not None else OutcomeBook(datastore)
         self._director = director
         self._datastore = datastore
         self._max_body_bytes = max_body_bytes
@@ -103,7 +110,7 @@ class ExtProcServicer:
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         """One HTTP request's messages from Envoy; answers each in order."""
-        stream = _Stream()
+        stream = _Stream(self.book)
         # Cancellation normally reaches the finally below; the done callback also covers a handler task that
         # ends without running it.
         context.add_done_callback(lambda _ctx: stream.end())
@@ -201,6 +208,7 @@ class ExtProcServicer:
             logger.exception("pick failed unexpectedly for request_id=%s", stream.headers.get("x-request-id"))
             return _error(exc)
         stream.lifecycle = lifecycle
+        self.book.routed(lifecycle)
         fallbacks = lifecycle.fallbacks(self._fallback_endpoints)
         lifecycle.send()
         destination = ",".join([lifecycle.endpoint.address, *(e.address for e in fallbacks)])
@@ -229,6 +237,7 @@ class ExtProcServer:
         self.host = host
         self.port = port
         self._servicer = ExtProcServicer(director, datastore, max_body_bytes, fallback_endpoints)
+        self._access_log = AccessLogReceiver(self._servicer.book)
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> int:
@@ -236,6 +245,7 @@ class ExtProcServer:
         impl = require_fast_protobuf()
         server = grpc.aio.server()
         pb_grpc.add_ExternalProcessorServicer_to_server(self._servicer, server)
+        als_pb2_grpc.add_AccessLogServiceServicer_to_server(self._access_log, server)
         host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
         bound: int = server.add_insecure_port(f"{host}:{self.port}")
         if bound == 0:

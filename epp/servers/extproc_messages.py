@@ -9,7 +9,7 @@ from google.protobuf import struct_pb2  # type: ignore[import-untyped]
 
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 DESTINATION_METADATA_NAMESPACE = "envoy.lb"
-SERVED_BY_HEADER = "x-epp-served-by"  # added by Envoy's route to every upstream answer: the pod's address
+SERVED_BY_HEADER = "x-epp-endpoint"  # the pod that answered: set by epp's gateway, and by Envoy's route
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 

@@ -1,0 +1,100 @@
+"""Outcomes of requests routed over ext_proc, learnt from Envoy's gRPC access log after they are over.
+
+The ext_proc stream tells epp when a request ends but not how (its response is not sent to epp: a third
+message per request cost more CPU than the whole decision). Envoy's access log says it, batched many entries
+to a message: the status, which pod served (a fallback when the pick failed) and whether Envoy answered
+itself. `OutcomeBook` holds each routed request's lifecycle by request id until its entry arrives
+(`AccessLogReceiver`), then resolves it; one whose entry never comes (no access log configured) is
+abandoned after `ttl_s`, recording nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+
+from epp.datastore import Datastore
+from epp.requestcontrol.lifecycle import RequestLifecycle
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TTL_S = 30.0
+
+
+class OutcomeBook:
+    """Lifecycles waiting for their access-log entry, by request id. Not thread-safe (one event loop)."""
+
+    def __init__(
+        self, datastore: Datastore, ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._datastore = datastore
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._active: dict[str, RequestLifecycle] = {}  # routed, stream still open
+        self._ended: OrderedDict[str, tuple[float, RequestLifecycle]] = OrderedDict()  # stream over
+
+    def __len__(self) -> int:
+        return len(self._active) + len(self._ended)
+
+    def routed(self, lifecycle: RequestLifecycle) -> None:
+        self._active[lifecycle.request_id] = lifecycle
+
+    def stream_ended(self, lifecycle: RequestLifecycle) -> None:
+        """The ext_proc stream closed: no longer in flight; the outcome may still come."""
+        rid = lifecycle.request_id
+        if self._active.get(rid) is lifecycle:
+            del self._active[rid]
+        if not lifecycle.in_attempt:  # resolved already (the entry came first, or response headers did)
+            return
+        lifecycle.release()
+        now = self._clock()
+        self._ended[rid] = (now, lifecycle)
+        self._expire(now)
+
+    def resolve(self, request_id: str, status: int, upstream: str) -> bool:
+        """Apply one access-log entry; False when no routed request has that id."""
+        found = self._ended.pop(request_id, None)
+        lifecycle = found[1] if found is not None else self._active.pop(request_id, None)
+        if lifecycle is None:
+            return False
+        served = self._datastore.find_by_address(upstream) if upstream else None
+        lifecycle.resolve(status, served.endpoint if served is not None else None, bool(upstream))
+        return True
+
+    def _expire(self, now: float) -> None:
+        ended = self._ended
+        while ended:
+            rid, (at, lifecycle) = next(iter(ended.items()))
+            if now - at < self._ttl_s:
+                return
+            del ended[rid]
+            lifecycle.abandon()
+
+
+class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
+    """`envoy.service.accesslog.v3.AccessLogService`: the HTTP entries of Envoy's gRPC access logger."""
+
+    def __init__(self, book: OutcomeBook) -> None:
+        self._book = book
+
+    async def StreamAccessLogs(
+        self,
+        request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> als_pb2.StreamAccessLogsResponse:
+        resolve = self._book.resolve
+        async for message in request_iterator:
+            for entry in message.http_logs.log_entry:
+                try:
+                    address = entry.common_properties.upstream_remote_address.socket_address
+                    upstream = f"{address.address}:{address.port_value}" if address.address else ""
+                    resolve(entry.request.request_id, entry.response.response_code.value, upstream)
+                except Exception:  # one bad entry must not end the stream (and lose the next ones)
+                    logger.exception("access-log entry could not be applied")
+        return als_pb2.StreamAccessLogsResponse()
