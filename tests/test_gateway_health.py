@@ -36,6 +36,7 @@ from scorers.prefix_index import block_hashes
 from tests.test_gateway_support import (
     MODEL,
     addresses,
+    assert_openai_error,
     chat,
     client_of,
     completion,
@@ -727,3 +728,19 @@ async def test_pod_going_silent_mid_stream_ends_it_with_a_chunk_timeout_error_ev
             assert gateway.datastore.states()[0].in_flight == 0
     finally:
         await pod.stop()
+
+
+async def test_models_lists_exactly_the_inference_model_names_it_accepts(tmp_path: Path) -> None:
+    async with (
+        SimFleet(pods=1, profile="tiny", time_scale=20.0, log_level="critical") as fleet,
+        serving(addresses(fleet), config=[models_config(tmp_path)]) as gateway,
+        client_of(gateway) as client,
+    ):
+        listed = (await client.get("/v1/models")).json()["data"]
+        assert sorted(m["id"] for m in listed) == sorted(["chat-alias", ADAPTER])
+        served = await client.post("/v1/chat/completions", json={**chat("hi"), "model": "chat-alias"})
+        assert served.status_code == 200, served.text
+        # The pods' own name is not one of the accepted names once InferenceModels are configured.
+        assert_openai_error(
+            await client.post("/v1/chat/completions", json=chat("hi")), 404, "model_not_found"
+        )
