@@ -213,14 +213,18 @@ class OutlierDetector:
 
     def is_ejected(self, host: str) -> bool:
         """Effective ejection: False for every host while min_health_percent puts the pool in panic."""
+        if not self._ejected:  # the common case; sweeps due meanwhile only decay multipliers, done later
+            return False
         self._run_due(self._clock())
         st = self._hosts.get(host)
         return st is not None and st.ejected and not self._in_panic()
 
     def ejected_hosts(self) -> list[str]:
         """The effective ejected set (empty in panic), sorted."""
+        if not self._ejected:  # the common case, once per scheduling decision (see is_ejected)
+            return []
         self._run_due(self._clock())
-        if not self._ejected or self._in_panic():  # the common case, once per scheduling decision
+        if not self._ejected or self._in_panic():
             return []
         return sorted(h for h, st in self._hosts.items() if st.ejected)
 
@@ -260,6 +264,8 @@ class OutlierDetector:
         return self._t0 + k * self.settings.interval_s
 
     def _run_due(self, now: float) -> None:
+        if self._t0 + self._next_sweep * self.settings.interval_s > now:  # no sweep due: the per-call path
+            return
         while self._sweep_time(self._next_sweep) <= now:
             if self._ejected == 0:
                 self._fast_forward(now)
