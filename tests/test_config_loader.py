@@ -18,14 +18,11 @@ from epp.config import (
 from epp.datastore import Endpoint
 from epp.scheduling.types import Criticality
 
-SEED = Path(__file__).parents[1].parent / "shared" / "fixtures" / "seed-configs"
+SEED = Path(__file__).parent / "fixtures" / "seed-configs"  # copied from shared/fixtures
 GOOD = Path(__file__).parent / "fixtures" / "config" / "good"
 KEYS = {"DASHSCOPE_API_KEY": "sk-dashscope-0123456789", "MOONSHOT_API_KEY": "sk-moonshot-9876543210"}
 
-needs_seed = pytest.mark.skipif(not SEED.is_dir(), reason=f"seed configs not found at {SEED}")
 
-
-@needs_seed
 def test_ack_prefix_cache_seed_loads() -> None:
     config = load_config([SEED / "ack-prefix-cache.yaml"], {})
     pool = config.pools["vllm-qwen-pool"]
@@ -60,7 +57,6 @@ def test_ack_prefix_cache_seed_loads() -> None:
     assert config.sources == (SEED / "ack-prefix-cache.yaml",)
 
 
-@needs_seed
 @pytest.mark.parametrize(
     ("name", "kinds"),
     [
@@ -77,7 +73,6 @@ def test_asm_seed_configs_load_as_other_documents(name: str, kinds: list[str]) -
     assert config.strategy_name == "PREFIX_CACHE"  # no pool, no picker document: the default
 
 
-@needs_seed
 def test_asm_routing_keys_are_expanded_for_later_stages() -> None:
     config = load_config([SEED / "asm-llm-routing.yaml"], KEYS)
     providers = {d.name: d.body for d in config.documents_of_kind("LLMProvider")}
@@ -88,7 +83,6 @@ def test_asm_routing_keys_are_expanded_for_later_stages() -> None:
     assert moonshot["apiKey"] == KEYS["MOONSHOT_API_KEY"]
 
 
-@needs_seed
 @pytest.mark.parametrize(
     ("name", "variables", "index"),
     [
@@ -111,7 +105,6 @@ def test_asm_seed_configs_without_keys_name_the_missing_variable(
     assert str(SEED / name) in message
 
 
-@needs_seed
 def test_seed_files_load_together() -> None:
     files = sorted(SEED.glob("*.yaml"))
     config = load_config(files, KEYS)

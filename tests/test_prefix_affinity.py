@@ -25,7 +25,7 @@ from scorers.prefix_affinity_filter import DECISION_KEY, PrefixAffinityFilter
 from scorers.prefix_cache_scorer import PrefixCacheScorer
 
 MODEL = "/model/qwen"
-FIXTURES = Path(__file__).parents[1].parent / "shared" / "fixtures" / "seed-configs"
+FIXTURES = Path(__file__).parent / "fixtures" / "seed-configs"  # copied from shared/fixtures
 
 
 def cand(name: str, waiting: int = 0, kv: float = 0.0) -> Candidate:
@@ -153,8 +153,6 @@ def flatten_role_tags(messages: list[dict[str, str]]) -> str:
 def test_seed_round2_routes_by_prefix_after_round1(
     flatten: Callable[[list[dict[str, str]]], str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    if not (FIXTURES / "prefix-round1.json").exists():
-        pytest.skip(f"seed fixtures not found under {FIXTURES}")
     rounds = [json.loads((FIXTURES / f"prefix-round{i}.json").read_text()) for i in (1, 2)]
     scorer, flt = build()
     pods = [cand(f"pod-{i}") for i in range(5)]

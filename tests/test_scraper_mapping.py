@@ -5,8 +5,7 @@ import pytest
 from metrics_scraper import ScrapeError, VllmMetricsParser, parse_vllm_metrics
 from metrics_scraper.vllm_mapping import filter_lines
 
-FIXTURES = Path(__file__).parents[1].parent / "shared" / "fixtures"
-VLLM_032 = FIXTURES / "vllm-0.32-metrics.txt"
+VLLM_032 = Path(__file__).parent / "fixtures" / "vllm" / "vllm-0.32-metrics.txt"  # from shared/fixtures
 
 LOAD = """\
 # HELP vllm:num_requests_waiting Number of requests waiting.
@@ -21,8 +20,6 @@ vllm:num_requests_running{engine="0",model_name="m"} 5.0
 
 @pytest.fixture
 def vllm_032_text() -> str:
-    if not VLLM_032.exists():
-        pytest.skip(f"real vLLM fixture not found at {VLLM_032}")
     return VLLM_032.read_text()
 
 

@@ -23,13 +23,9 @@ from epp.scheduling.builder import build_scheduler
 from scorers.builtin import default_registry
 from scorers.prefix_affinity_filter import DECISION_KEY
 
-SEED = Path(__file__).parents[1].parent / "shared" / "fixtures" / "seed-configs"
+SEED = Path(__file__).parent / "fixtures" / "seed-configs"  # copied from shared/fixtures
 CHAT = "/v1/chat/completions"
 HEADERS = {"content-type": "application/json"}
-
-pytestmark = pytest.mark.skipif(
-    not (SEED / "prefix-round2.json").exists(), reason=f"seed configs not found at {SEED}"
-)
 
 
 def service_for_seed_pool(pods: int) -> tuple[Director, Datastore, EppMetrics]:

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.sim.fleet import SimFleet
 from tests.test_sim_support import prompt, scrape
 
-FIXTURE = Path(__file__).parents[1].parent / "shared" / "fixtures" / "vllm-0.32-metrics.txt"
+FIXTURE = Path(__file__).parent / "fixtures" / "vllm" / "vllm-0.32-metrics.txt"  # from shared/fixtures
 ROUTER_METRICS = {
     "vllm:num_requests_running": "gauge",
     "vllm:num_requests_waiting": "gauge",
@@ -45,8 +45,6 @@ def _families(text: str) -> dict[str, tuple[str, set[frozenset[str]], list[float
 
 @pytest.fixture
 def fixture_families():
-    if not FIXTURE.exists():
-        pytest.skip(f"{FIXTURE} is not present")
     return _families(FIXTURE.read_text())
 
 
