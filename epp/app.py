@@ -63,7 +63,6 @@ class EppApp:
         )
         self.extproc = ExtProcServer(
             self.director,
-            self.datastore,
             options.host,
             options.grpc_port,
             options.max_body_bytes,

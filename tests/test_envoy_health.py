@@ -10,9 +10,10 @@ subprocesses whose faults are set over HTTP (`/sim/fault`). Outcomes arrive batc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -89,6 +90,22 @@ def attempts(stack: EnvoyStack, endpoint: str, outcome: str | None = None) -> fl
     return epp_metric(stack, "epp_endpoint_attempts_total", **labels)
 
 
+@contextlib.contextmanager
+def envoy_over(
+    pods: Sequence[str],
+    config: str,
+    strategy: str,
+    serve_args: tuple[str, ...] = ("--scrape-interval", "0.02"),
+) -> Iterator[tuple[EnvoyStack, httpx.Client]]:
+    """Envoy + `epp serve` (seeded) over `pods` with the outlier config, and a client of Envoy's listener."""
+    options = StackOptions(config_paths=[config], strategy=strategy, serve_args=("--seed", "1", *serve_args))
+    with (
+        EnvoyStack(pods, options) as stack,
+        httpx.Client(base_url=stack.base_url, timeout=30, trust_env=False) as client,
+    ):
+        yield stack, client
+
+
 def ask(client: httpx.Client, content: str) -> httpx.Response:
     response = client.post("/v1/chat/completions", json=chat_body(content))
     assert response.status_code == 200, response.text
@@ -100,15 +117,7 @@ def test_erroring_pod_is_ejected_then_returns(sim3: SimProcess, pool_config: str
     failures, sends it nothing while ejected, and routes to it again once cleared and the ejection ends."""
     urls = sim3.urls
     bad, pods = addr(urls[0]), [addr(u) for u in urls]
-    options = StackOptions(
-        config_paths=[pool_config],
-        strategy="ROUND_ROBIN",
-        serve_args=("--seed", "1", "--scrape-interval", "0.02"),
-    )
-    with (
-        EnvoyStack(addresses(sim3), options) as stack,
-        httpx.Client(base_url=stack.base_url, timeout=30, trust_env=False) as client,
-    ):
+    with envoy_over(addresses(sim3), pool_config, "ROUND_ROBIN") as (stack, client):
         set_fault(urls[0], "error", 500)
         for i in range(12):
             assert ask(client, f"before ejection {i}").headers[SERVED_BY] != bad
@@ -194,15 +203,8 @@ def test_killed_prefix_pod_between_scrapes_costs_no_request(pool_config: str) ->
         for sim in sims:
             sim.start()
         # Scrapes 10 s apart: the kill and the requests after it all fall between two scrapes.
-        options = StackOptions(
-            config_paths=[pool_config],
-            strategy="PREFIX_CACHE",
-            serve_args=("--seed", "1", "--scrape-interval", "10", "--staleness", "60"),
-        )
-        with (
-            EnvoyStack(addresses(*sims), options) as stack,
-            httpx.Client(base_url=stack.base_url, timeout=30, trust_env=False) as client,
-        ):
+        slow_scrapes = ("--scrape-interval", "10", "--staleness", "60")
+        with envoy_over(addresses(*sims), pool_config, "PREFIX_CACHE", slow_scrapes) as (stack, client):
             owners = {ask(client, f"{PREFIX} Question {i}: where to?").headers[SERVED_BY] for i in range(4)}
             assert len(owners) == 1, owners  # affinity: one pod holds the prefix
             owner = owners.pop()
@@ -248,15 +250,7 @@ def test_the_outcome_of_a_stream_follows_the_pod_that_served_it(pool_config: str
     with sim_pods(3, time_scale=0.25) as sim:
         urls = sim.urls
         pods = [addr(u) for u in urls]
-        options = StackOptions(
-            config_paths=[pool_config],
-            strategy="PREFIX_CACHE",
-            serve_args=("--seed", "1", "--scrape-interval", "0.02"),
-        )
-        with (
-            EnvoyStack(addresses(sim), options) as stack,
-            httpx.Client(base_url=stack.base_url, timeout=30, trust_env=False) as client,
-        ):
+        with envoy_over(addresses(sim), pool_config, "PREFIX_CACHE") as (stack, client):
             owner = ask(client, f"{PREFIX} Tell me a story.").headers[SERVED_BY]
             poll(lambda: in_flight_by_pod(stack, pods)[owner] == 0, "the first request to end")
             poll(lambda: attempts(stack, owner, "ok") == 1, "the first outcome")

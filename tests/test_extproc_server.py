@@ -76,7 +76,7 @@ async def _serve(
     recorder = ListRecorder()
     service = Director(scheduler, ds, resolver, recorder, rng, DirectorSettings("least-request"))
     server = ExtProcServer(
-        service, ds, "127.0.0.1", 0, max_body_bytes=4096, fallback_endpoints=fallback_endpoints
+        service, "127.0.0.1", 0, max_body_bytes=4096, fallback_endpoints=fallback_endpoints
     )
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -159,7 +159,7 @@ async def test_refuses_pure_python_protobuf(monkeypatch: pytest.MonkeyPatch) -> 
         random.Random(),
         DirectorSettings("x"),
     )
-    server = ExtProcServer(service, ds)
+    server = ExtProcServer(service)
     with pytest.raises(SlowProtobufError, match="upb"):
         await server.start()
 
@@ -367,4 +367,4 @@ async def test_negative_fallback_count_is_refused() -> None:
         DirectorSettings("x"),
     )
     with pytest.raises(ValueError, match="fallback_endpoints"):
-        ExtProcServer(service, ds, fallback_endpoints=-1)
+        ExtProcServer(service, fallback_endpoints=-1)

@@ -53,7 +53,7 @@ def setup(consecutive_5xx: int = 2):
         observer=observer,
     )
     clock = Clock()
-    return ds, director, OutcomeBook(ds, ttl_s=5.0, clock=clock), clock, observer, outlier
+    return ds, director, OutcomeBook(ttl_s=5.0, clock=clock), clock, observer, outlier
 
 
 def routed(director: Director, book: OutcomeBook, rid: str) -> RequestLifecycle:

@@ -169,8 +169,8 @@ class Director:
         candidates = [Candidate.from_state(s) for s in states]
         if candidates and detector.all_saturated(candidates):
             raise ShedError(
-                f"all {len(candidates)} endpoints are saturated (waiting >= {detector.queue_depth_threshold} "
-                f"or KV cache >= {detector.kv_cache_util_threshold}); sheddable request shed"
+                f"all {len(candidates)} endpoints are saturated ({detector.describe()}); "
+                "sheddable request shed"
             )
 
     def _record_failure(self, exc: BaseException, start: float) -> None:

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Protocol
 
 from epp.datastore import Endpoint
 from epp.health.outlier import AttemptResult
-from epp.scheduling.profile import SchedulingProfile
 from epp.scheduling.types import (
     CLIENT_GONE,
     AttemptReport,
@@ -109,9 +108,6 @@ class RequestLifecycle:
         """The open attempt's pod has answered (status received)."""
         return self._current is not None and self._current.responded
 
-    def _profile_hooks(self) -> SchedulingProfile:
-        return self._profile
-
     # -- one attempt ------------------------------------------------------------------------------------
     def send(self, in_flight: bool = True) -> Endpoint:
         """Start an attempt on `endpoint`: count it in flight (unless told the request is already over)
@@ -125,7 +121,7 @@ class RequestLifecycle:
             self._director.datastore.acquire(endpoint.name)
             self._holding = True
         ctx = self.result.context
-        for hook in self._profile_hooks().pre_requests:
+        for hook in self._profile.pre_requests:
             hook.pre_request(ctx, endpoint)
         return endpoint
 
@@ -133,7 +129,7 @@ class RequestLifecycle:
         """The caller forwards the request itself and reports nothing back (`POST /pick`): the
         before-request hooks run (the prefix index learns the pick), nothing is counted in flight."""
         ctx = self.result.context
-        for hook in self._profile_hooks().pre_requests:
+        for hook in self._profile.pre_requests:
             hook.pre_request(ctx, self.endpoint)
         return self.endpoint
 
@@ -146,7 +142,7 @@ class RequestLifecycle:
         report.status = status
         self._director.datastore.record_success(report.endpoint.name)
         ctx = self.result.context
-        for hook in self._profile_hooks().response_started:
+        for hook in self._profile.response_started:
             hook.response_started(ctx, report.endpoint, status)
 
     def first_token(self, now: float | None = None) -> float:
@@ -157,7 +153,7 @@ class RequestLifecycle:
             if report is not None:
                 report.ttft_s = self.first_token_s
                 ctx = self.result.context
-                for hook in self._profile_hooks().first_tokens:
+                for hook in self._profile.first_tokens:
                     hook.first_token(ctx, report.endpoint, self.first_token_s)
         return self.first_token_s
 
@@ -178,7 +174,7 @@ class RequestLifecycle:
         self._outlier(report.endpoint.name, AttemptResult.from_status(status))
         self._director.observer.on_attempt(report, _status_outcome(status))
         ctx = self.result.context
-        for hook in self._profile_hooks().response_completes:
+        for hook in self._profile.response_completes:
             hook.response_complete(ctx, report)
 
     def fail(self, error: str, status: int | None = None) -> None:
@@ -198,7 +194,7 @@ class RequestLifecycle:
                 self._director.datastore.mark_unreachable(name, error)
         self._director.observer.on_attempt(report, error)
         ctx = self.result.context
-        for hook in self._profile_hooks().request_failures:
+        for hook in self._profile.request_failures:
             hook.request_failed(ctx, report)
 
     def close(self) -> None:
@@ -213,22 +209,27 @@ class RequestLifecycle:
             self._holding = False
             self._director.datastore.release(self.endpoint.name)
 
-    def resolve(self, status: int, served: Endpoint | None, upstream_known: bool) -> None:
+    def resolve(self, status: int, upstream: str) -> None:
         """The outcome Envoy logged once the request was over: `status` sent to the client (0 when the
-        client left first), and the pod that answered (`served`; None with `upstream_known` False when
-        Envoy answered itself, e.g. every pod it tried failed)."""
+        client left first) and the address of the pod that answered ("" when Envoy answered itself, e.g.
+        every pod it tried failed)."""
         if self._current is None:
             return
         if status == 0:
             self.close()
-            return
-        if not upstream_known:
+        elif not upstream:
             self.fail(NO_UPSTREAM, status if status >= 500 else None)
-            return
-        if served is not None and served.name != self.endpoint.name:
-            self.served_by(served)
+        else:
+            self.answered(status, upstream)
+            self.complete()
+
+    def answered(self, status: int, address: str) -> None:
+        """Envoy relays an answer with `status` from the pod at `address` (unknown or not in the pool:
+        taken to be the pick's); another pod than the pick means the pick failed and that pod served."""
+        served = self._director.datastore.find_by_address(address) if address else None
+        if served is not None and served.endpoint.name != self.endpoint.name:
+            self.served_by(served.endpoint)
         self.response_started(status)
-        self.complete()
 
     def abandon(self) -> None:
         """No outcome will come (no access log configured): end the attempt, recording nothing."""
@@ -247,7 +248,7 @@ class RequestLifecycle:
         except SchedulingError:
             return None
         self.result = result
-        self._profile = director.scheduler.profile(result.profile)
+        self._profile = director.scheduler.profile(result.profile)  # the retry's decision's hooks
         self.endpoint = result.endpoint
         director.observer.on_retry(reason)
         return self.endpoint

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from epp.scheduling.plugins import (
     Filter,
@@ -62,33 +63,26 @@ def assemble_profile(
     first: list[FirstToken] = []
     complete: list[ResponseComplete] = []
     failed: list[RequestFailed] = []
+    # Every role but the scorer's (which carries a weight): the protocol and the list it fills.
+    roles: list[tuple[type, list[Any]]] = [
+        (Filter, filters),
+        (Picker, pickers),
+        (PreRequest, pre),
+        (ResponseStarted, started),
+        (FirstToken, first),
+        (ResponseComplete, complete),
+        (RequestFailed, failed),
+    ]
     for plugin, weight in plugins:
-        roles = 0
-        if isinstance(plugin, Filter):
-            filters.append(plugin)
-            roles += 1
+        has_role = False
         if isinstance(plugin, Scorer):
             scorers.append(WeightedScorer(plugin, weight))
-            roles += 1
-        if isinstance(plugin, Picker):
-            pickers.append(plugin)
-            roles += 1
-        if isinstance(plugin, PreRequest):
-            pre.append(plugin)
-            roles += 1
-        if isinstance(plugin, ResponseStarted):
-            started.append(plugin)
-            roles += 1
-        if isinstance(plugin, FirstToken):
-            first.append(plugin)
-            roles += 1
-        if isinstance(plugin, ResponseComplete):
-            complete.append(plugin)
-            roles += 1
-        if isinstance(plugin, RequestFailed):
-            failed.append(plugin)
-            roles += 1
-        if roles == 0:
+            has_role = True
+        for protocol, bucket in roles:
+            if isinstance(plugin, protocol):
+                bucket.append(plugin)
+                has_role = True
+        if not has_role:
             raise PluginConfigError(
                 f"profile {name!r}: plugin {getattr(plugin, 'name', plugin)!r} implements none of "
                 "filter, scorer, picker, pre-request, response-started, first-token, response-complete, "

@@ -30,7 +30,6 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf.internal import api_implementation  # type: ignore[import-untyped]
 
-from epp.datastore import Datastore
 from epp.picking import error_reply
 from epp.request import RequestError
 from epp.requestcontrol.director import Director
@@ -91,16 +90,14 @@ class ExtProcServicer:
     def __init__(
         self,
         director: Director,
-        datastore: Datastore,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         fallback_endpoints: int = 0,
         book: OutcomeBook | None = None,
     ) -> None:
         if fallback_endpoints < 0:
             raise ValueError(f"fallback_endpoints must be >= 0, got {fallback_endpoints}")
-        self.book = book if book is not None else OutcomeBook(datastore)
+        self.book = book if book is not None else OutcomeBook()
         self._director = director
-        self._datastore = datastore
         self._max_body_bytes = max_body_bytes
         self._fallback_endpoints = fallback_endpoints
 
@@ -188,11 +185,7 @@ class ExtProcServicer:
                 served = (hv.raw_value.decode() if hv.raw_value else hv.value).strip()
         # Without the header (Envoy's own answer, or an Envoy whose route does not add it) the pick is taken
         # to have answered: Envoy's 503/504 then count as its gateway errors.
-        if served and served != lifecycle.endpoint.address:
-            state = self._datastore.find_by_address(served)
-            if state is not None:
-                lifecycle.served_by(state.endpoint)
-        lifecycle.response_started(status)
+        lifecycle.answered(status, served)
         if http_headers.end_of_stream:
             stream.end()
 
@@ -228,7 +221,6 @@ class ExtProcServer:
     def __init__(
         self,
         director: Director,
-        datastore: Datastore,
         host: str = "127.0.0.1",
         port: int = 9002,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -236,7 +228,7 @@ class ExtProcServer:
     ) -> None:
         self.host = host
         self.port = port
-        self._servicer = ExtProcServicer(director, datastore, max_body_bytes, fallback_endpoints)
+        self._servicer = ExtProcServicer(director, max_body_bytes, fallback_endpoints)
         self._access_log = AccessLogReceiver(self._servicer.book)
         self._server: grpc.aio.Server | None = None
 

@@ -19,7 +19,6 @@ from typing import Any
 import grpc
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
-from epp.datastore import Datastore
 from epp.requestcontrol.lifecycle import RequestLifecycle
 
 logger = logging.getLogger(__name__)
@@ -30,10 +29,7 @@ DEFAULT_TTL_S = 30.0
 class OutcomeBook:
     """Lifecycles waiting for their access-log entry, by request id. Not thread-safe (one event loop)."""
 
-    def __init__(
-        self, datastore: Datastore, ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._datastore = datastore
+    def __init__(self, ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl_s = ttl_s
         self._clock = clock
         self._active: dict[str, RequestLifecycle] = {}  # routed, stream still open
@@ -63,8 +59,7 @@ class OutcomeBook:
         lifecycle = found[1] if found is not None else self._active.pop(request_id, None)
         if lifecycle is None:
             return False
-        served = self._datastore.find_by_address(upstream) if upstream else None
-        lifecycle.resolve(status, served.endpoint if served is not None else None, bool(upstream))
+        lifecycle.resolve(status, upstream)
         return True
 
     def _expire(self, now: float) -> None:
