@@ -93,8 +93,9 @@ class ModelCatalog:
             await asyncio.sleep(self._ttl_s)
 
     def is_adapter(self, name: str) -> bool:
-        """Whether a pod's /v1/models lists `name` as a LoRA adapter (an entry with a `parent`)."""
-        return name in self._adapters
+        """Whether a pod's /v1/models lists `name` as a LoRA adapter (an entry with a `parent`) or a pod's
+        LoRA metrics report it running or waiting."""
+        return name in self._adapters or self._datastore.reports_adapter(name)
 
     async def listing(self) -> dict[str, Any] | None:
         """The OpenAI `list` object of exactly the names requests may use; None when no pod answered.
@@ -124,4 +125,4 @@ class ModelCatalog:
         return self._known(model) or not self._answered
 
     def _known(self, model: str) -> bool:
-        return model in self._ids or model in self._inference_models or self._datastore.reports_adapter(model)
+        return model in self._ids or model in self._inference_models or self.is_adapter(model)

@@ -192,7 +192,6 @@ class ForwardStage:
         headers = {k: v for k, v in ctx.headers.items() if k not in _HOP_BY_HOP}
         session = self._pool.session
         timeouts = self._timeouts
-        last_error = lc.CONNECT_FAILED
         while True:
             endpoint = lifecycle.send()
             response: aiohttp.ClientResponse | None = None
@@ -207,9 +206,7 @@ class ForwardStage:
                     )
                     lifecycle.response_started(response.status)
                     first = await response.content.readany()
-            except aiohttp.ConnectionTimeoutError:
-                last_error = lc.CONNECT_FAILED
-            except aiohttp.ClientConnectorError:
+            except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError):  # the pod never saw it
                 last_error = lc.CONNECT_FAILED
             except aiohttp.ClientError:
                 last_error = lc.RESET

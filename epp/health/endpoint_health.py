@@ -44,14 +44,12 @@ class EndpointHealth:
     scrape_timed_out: bool = False  # the last scrape failed by timing out (slow, not down)
     consecutive_scrape_failures: int = 0
     unreachable_reason: str | None = None  # "scrape: ..." or "proxy: ..."; None when reachable
-    unreachable_at: float = 0.0  # monotonic time of the last unreachable mark
     unreachable_until: float = 0.0  # back-off: not routable before this, even after a good scrape
     unreachable_strikes: int = 0  # marks in a row; reset by a successful request
     restarts: int = 0
 
     def mark_unreachable(self, reason: str, now: float, backoff: bool = True) -> None:
         self.unreachable_reason = reason
-        self.unreachable_at = now
         if backoff:
             self.unreachable_strikes += 1
             delay = UNREACHABLE_BACKOFF_BASE_S * 2 ** (self.unreachable_strikes - 1)

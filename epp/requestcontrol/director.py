@@ -46,24 +46,26 @@ class AdapterNames(Protocol):
     def is_adapter(self, name: str) -> bool: ...
 
 
-class _NoAdapters:
+class _ReportedAdapters:
+    """Without a model catalog: the adapters the pods' LoRA metrics report."""
+
+    def __init__(self, datastore: Datastore) -> None:
+        self._datastore = datastore
+
     def is_adapter(self, name: str) -> bool:
-        return False
+        return self._datastore.reports_adapter(name)
 
 
 class _AdapterContainer(Container[str]):
-    """The adapter names as a Container, looked up only when the parser asks about a name."""
+    """The adapter names as the Container the parser asks, one name at a time."""
 
-    __slots__ = ("_datastore", "_names")
+    __slots__ = ("_names",)
 
-    def __init__(self, names: AdapterNames, datastore: Datastore) -> None:
+    def __init__(self, names: AdapterNames) -> None:
         self._names = names
-        self._datastore = datastore
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and (
-            self._datastore.reports_adapter(name) or self._names.is_adapter(name)
-        )
+        return isinstance(name, str) and self._names.is_adapter(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +99,7 @@ class Director:
         self.strategy_name = settings.strategy_name
         self.outlier = outlier
         self.observer = observer or NullAttemptObserver()
-        self._adapters = _AdapterContainer(adapters or _NoAdapters(), datastore)
+        self._adapters = _AdapterContainer(adapters or _ReportedAdapters(datastore))
 
     def parse(self, body: bytes, headers: Mapping[str, str], path: str) -> ParsedRequest:
         """Parse one request (`headers` with lower-case names); RequestError (4xx) when it is refused.
