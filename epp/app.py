@@ -99,7 +99,7 @@ class EppApp:
         """Stop serving (in-flight HTTP and gRPC calls get a short grace period), then stop scraping."""
         await self._http.stop()
         await self.extproc.stop(grace=2.0)
-        await self.core.stop_scraping()
+        await self.core.close()
 
     def request_stop(self) -> None:
         self._stop.set()

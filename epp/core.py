@@ -144,6 +144,8 @@ class PickerCore:
         self._catalog_task = asyncio.create_task(self.catalog.run(), name="model-catalog")
 
     async def stop_scraping(self) -> None:
+        """Stop the scrape loop and the catalog's refresh loop; the catalog still answers from what it has
+        and refreshes on demand."""
         task, self._catalog_task = self._catalog_task, None
         if task is not None:
             task.cancel()
@@ -155,4 +157,9 @@ class PickerCore:
         if self._own_fetcher is not None:
             await self._own_fetcher.close()
             self._own_fetcher = None
+
+    async def close(self) -> None:
+        """Stop scraping and close the /v1/models client (at shutdown: requests may still ask the catalog
+        until the servers have stopped)."""
+        await self.stop_scraping()
         await self.models_client.aclose()

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from epp.datastore import Datastore, Endpoint, EndpointEvent, MetricsSnapshot
 from epp.health.endpoint_health import ROUTABLE, HealthState
+from epp.labelled_metrics import LabelledChildren
 from epp.picking import RESULT_SHED
 from epp.scheduling.types import AttemptReport
 
@@ -143,7 +144,7 @@ class EppMetrics:
             ["endpoint", "outcome"],
             registry=r,
         )
-        self._attempt_children: dict[tuple[str, str], Counter] = {}
+        self._attempt = LabelledChildren(self.attempts)
         self.retries = Counter(
             "epp_retries", "Requests scheduled again on another pod, by the failure.", ["reason"], registry=r
         )
@@ -166,7 +167,11 @@ class EppMetrics:
             buckets=PLUGIN_LATENCY_BUCKETS,
             registry=r,
         )
-        self._plugin_children: dict[tuple[str, str, str], Histogram] = {}
+        self._plugin = LabelledChildren(self.plugin_duration)
+        self._decision = LabelledChildren(self.decisions)
+        self._decision_latency = LabelledChildren(self.decision_latency)
+        self._pick = LabelledChildren(self.picks)
+        self._retry = LabelledChildren(self.retries)
         r.register(DatastoreCollector(datastore, clock))
         # Drop per-endpoint series of endpoints that leave the pool.
         datastore.subscribe(self._on_endpoint_event)
@@ -174,26 +179,17 @@ class EppMetrics:
     def _on_endpoint_event(self, event: EndpointEvent, endpoint: Endpoint) -> None:
         if event is not EndpointEvent.REMOVED:
             return
-        for labelled in (self.scrape_errors, self.picks):
-            with contextlib.suppress(KeyError):
-                labelled.remove(endpoint.name)
-        for key in [k for k in self._attempt_children if k[0] == endpoint.name]:
-            del self._attempt_children[key]
-            with contextlib.suppress(KeyError):
-                self.attempts.remove(*key)
+        with contextlib.suppress(KeyError):
+            self.scrape_errors.remove(endpoint.name)
+        for children in (self._pick, self._attempt):
+            children.remove_where(lambda values: values[0] == endpoint.name)
 
     # -- AttemptObserver (epp.requestcontrol) and outlier ejections ----------------
     def on_attempt(self, report: AttemptReport, outcome: str) -> None:
-        key = (report.endpoint.name, outcome)
-        child = self._attempt_children.get(key)
-        if (
-            child is None
-        ):  # labels() takes a lock and builds a tuple: once per pod and outcome, not per request
-            child = self._attempt_children[key] = self.attempts.labels(endpoint=key[0], outcome=outcome)
-        child.inc()
+        self._attempt(report.endpoint.name, outcome).inc()
 
     def on_retry(self, reason: str) -> None:
-        self.retries.labels(reason=reason).inc()
+        self._retry(reason).inc()
 
     def on_ejection(self, endpoint: str, ejected: bool, reason: str) -> None:
         if ejected:
@@ -209,25 +205,20 @@ class EppMetrics:
         endpoint: str | None,
     ) -> None:
         """One decision: `result` is an epp.picking RESULT_* label; `endpoint` the pick, if any."""
-        self.decisions.labels(strategy=strategy, result=result).inc()
-        self.decision_latency.labels(strategy=strategy).observe(latency_s)
+        self._decision(strategy, result).inc()
+        self._decision_latency(strategy).observe(latency_s)
         if prefix_match_ratio is not None:
             self.prefix_match_ratio.observe(min(1.0, max(0.0, prefix_match_ratio)))
         if result == RESULT_SHED:
             self.shed.inc()
         if endpoint is not None:
-            self.picks.labels(endpoint=endpoint).inc()
+            self._pick(endpoint).inc()
 
     # -- PluginTimer ------------------------------------------------------------
     def observe_plugin(
         self, extension_point: str, plugin_type: str, plugin_name: str, seconds: float
     ) -> None:
-        # Called several times per decision: keep the labelled children rather than look them up each time.
-        key = (extension_point, plugin_type, plugin_name)
-        child = self._plugin_children.get(key)
-        if child is None:
-            child = self._plugin_children[key] = self.plugin_duration.labels(*key)
-        child.observe(seconds)
+        self._plugin(extension_point, plugin_type, plugin_name).observe(seconds)
 
     # -- ScrapeObserver -------------------------------------------------------
     def on_scrape(

@@ -108,18 +108,32 @@ class GatewayApp:
             self._recorder.record(ctx, time.perf_counter() - ctx.started)
 
     async def _answer_until_disconnect(self, ctx: RequestContext, receive: Receive, send: Send) -> None:
-        work = asyncio.ensure_future(self._answer(ctx, send))
-        gone = asyncio.ensure_future(wait_disconnect(receive))
-        try:
-            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not work.done():  # the client left (or the server is shutting down): stop the upstream call
+        """Answer in this task; a watcher cancels it if the client leaves (one task, not two and a wait)."""
+        answering = asyncio.current_task()
+        assert answering is not None
+        stopped_by_watcher = False
+
+        def client_left(watcher: asyncio.Future[None]) -> None:
+            nonlocal stopped_by_watcher
+            # Only while the answer runs: a watcher that finished just as the answer did must not cancel
+            # whatever this task does next.
+            if not watcher.cancelled() and not done:
+                stopped_by_watcher = True
                 ctx.result = OUTCOME_CLIENT_GONE
-                work.cancel()
-            # Let the work finish its cleanups (close upstream, release in-flight) before recording; it
-            # catches its own errors, and asyncio.wait only raises if this task itself is cancelled.
-            await asyncio.wait({work})
+                answering.cancel()
+
+        done = False
+        gone = asyncio.ensure_future(wait_disconnect(receive))
+        gone.add_done_callback(client_left)
+        try:
+            await self._answer(ctx, send)
+        except asyncio.CancelledError:
+            if not stopped_by_watcher or answering.uncancel() > 0:
+                ctx.result = OUTCOME_CLIENT_GONE  # the server is shutting down
+                raise
+        finally:
+            done = True
+            gone.cancel()
 
     async def _answer(self, ctx: RequestContext, send: Send) -> None:
         try:

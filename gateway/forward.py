@@ -10,7 +10,6 @@ chunk timeout or breaks off ends an SSE stream with an error event (a JSON answe
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -76,9 +75,14 @@ class UpstreamPool:
     `open()` inside the running event loop before the first request; `close()` at shutdown.
     """
 
-    def __init__(self, connect_timeout_s: float, max_connections: int, keepalive_s: float = 4.0) -> None:
-        # First-byte and chunk timeouts are enforced by the forward stage, per attempt.
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s)
+    def __init__(self, timeouts: UpstreamTimeouts, max_connections: int, keepalive_s: float = 4.0) -> None:
+        # aiohttp's per-read socket timer (re-armed as bytes arrive) enforces the first-byte timeout; the
+        # forward stage shortens it to the chunk timeout once the first byte is in. One timer per connection
+        # costs far less than a timeout context around every read.
+        self.timeouts = timeouts
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.first_byte_s
+        )
         self._max_connections = max_connections
         # Below uvicorn's 5 s idle timeout (vLLM, the simulator): a connection the pod is closing just as a
         # request goes out would otherwise fail that request's first attempt and mark a healthy pod failed.
@@ -112,6 +116,15 @@ class UpstreamPool:
             await session.close()
 
 
+def _arm_chunk_timeout(response: aiohttp.ClientResponse, chunk_s: float) -> None:
+    """From now on the pod may stay silent at most `chunk_s` between two reads of this response."""
+    connection = response.connection
+    if connection is None or connection.protocol is None or response.content.is_eof():
+        return  # all read: no timer on a connection going back to the pool
+    connection.protocol.read_timeout = chunk_s
+    connection.protocol.start_timeout()
+
+
 def _relayed_headers(response: aiohttp.ClientResponse, pod: str) -> Headers:
     headers = [(k, v) for k, v in response.raw_headers if k.lower() not in _RESPONSE_DROPPED]
     headers.append((ENDPOINT_HEADER, pod.encode()))
@@ -121,16 +134,13 @@ def _relayed_headers(response: aiohttp.ClientResponse, pod: str) -> Headers:
 class UpstreamReply:
     """A pod's response: status and headers, then its body chunks as they arrive (raw, not decoded)."""
 
-    def __init__(
-        self, response: aiohttp.ClientResponse, first: bytes, ctx: RequestContext, chunk_s: float
-    ) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, first: bytes, ctx: RequestContext) -> None:
         lifecycle = ctx.lifecycle
         assert lifecycle is not None
         self._ctx = ctx
         self._response = response
         self._first = first
         self._lifecycle = lifecycle
-        self._chunk_s = chunk_s
         self.status = response.status
         self.headers: Headers = _relayed_headers(response, lifecycle.endpoint.name)
         self._watcher = ResponseWatcher(response.headers.get("content-type", ""))
@@ -144,11 +154,10 @@ class UpstreamReply:
                 yield chunk
                 if first_content:  # after the send: this is when the client has its first token
                     lifecycle.first_token()
-                if content.at_eof():  # all read: no wait, no timer
+                if content.at_eof():  # all read: no wait
                     break
-                async with asyncio.timeout(self._chunk_s):
-                    chunk = await content.readany()
-        except TimeoutError:
+                chunk = await content.readany()
+        except aiohttp.ServerTimeoutError:
             error = lc.CHUNK_TIMEOUT
         except aiohttp.ClientError:
             error = lc.ABORTED
@@ -181,9 +190,8 @@ class ForwardStage:
 
     name = "forward"
 
-    def __init__(self, pool: UpstreamPool, timeouts: UpstreamTimeouts) -> None:
+    def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
-        self._timeouts = timeouts
 
     async def run(self, ctx: RequestContext) -> Reply | None:
         lifecycle = ctx.lifecycle
@@ -191,27 +199,27 @@ class ForwardStage:
         ctx.cleanups.append(_close_lifecycle(lifecycle))
         headers = {k: v for k, v in ctx.headers.items() if k not in _HOP_BY_HOP}
         session = self._pool.session
-        timeouts = self._timeouts
+        chunk_s = self._pool.timeouts.chunk_s
         while True:
             endpoint = lifecycle.send()
             response: aiohttp.ClientResponse | None = None
             try:
-                async with asyncio.timeout(timeouts.first_byte_s):
-                    response = await session.request(
-                        "POST",
-                        f"{endpoint.base_url}{ctx.path}",
-                        data=ctx.upstream_body,
-                        headers=headers,
-                        allow_redirects=False,
-                    )
-                    lifecycle.response_started(response.status)
-                    first = await response.content.readany()
+                response = await session.request(
+                    "POST",
+                    f"{endpoint.base_url}{ctx.path}",
+                    data=ctx.upstream_body,
+                    headers=headers,
+                    allow_redirects=False,
+                )
+                lifecycle.response_started(response.status)
+                first = await response.content.readany()
+                _arm_chunk_timeout(response, chunk_s)
             except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError):  # the pod never saw it
                 last_error = lc.CONNECT_FAILED
+            except aiohttp.ServerTimeoutError:
+                last_error = lc.FIRST_BYTE_TIMEOUT
             except aiohttp.ClientError:
                 last_error = lc.RESET
-            except TimeoutError:
-                last_error = lc.FIRST_BYTE_TIMEOUT
             except BaseException:
                 if response is not None:
                     response.close()
@@ -219,7 +227,7 @@ class ForwardStage:
             else:
                 if response.status < 500:
                     ctx.cleanups.append(_finish_response(response))
-                    return UpstreamReply(response, first, ctx, timeouts.chunk_s)
+                    return UpstreamReply(response, first, ctx)
                 reply = await self._pod_error(response, first, lifecycle)
                 if lifecycle.retry(lc.HTTP_5XX) is None:
                     return reply
@@ -243,13 +251,12 @@ class ForwardStage:
         size = len(first)
         try:
             while size < MAX_ERROR_BODY_BYTES:
-                async with asyncio.timeout(self._timeouts.chunk_s):
-                    chunk = await response.content.readany()
+                chunk = await response.content.readany()
                 if not chunk:
                     break
                 parts.append(chunk)
                 size += len(chunk)
-        except (TimeoutError, aiohttp.ClientError):
+        except aiohttp.ClientError:
             pass
         finally:
             response.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from epp.labelled_metrics import LabelledChildren
+
 # A proxied LLM request takes from milliseconds (an error, a cached short answer) to minutes (long output).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 # Time to first token: queueing plus prefill, usually well under a few seconds.
@@ -35,6 +37,9 @@ class GatewayMetrics:
             buckets=TTFT_BUCKETS,
             registry=r,
         )
+        self.request_count = LabelledChildren(self.requests)
+        self.duration_of = LabelledChildren(self.duration)
+        self.ttft_of = LabelledChildren(self.ttft)
         self.in_flight = Gauge(
             "epp_gateway_in_flight_requests", "Requests the gateway is handling.", registry=r
         )

@@ -28,11 +28,11 @@ class RequestRecorder:
         pod = lifecycle.endpoint.name if lifecycle is not None and lifecycle.attempts else ""
         ttft = lifecycle.first_token_s if lifecycle is not None else None
         m = self._metrics
-        m.requests.labels(route=ctx.path, status=str(status), endpoint=pod, result=ctx.result).inc()
-        m.duration.labels(route=ctx.path, strategy=self._strategy).observe(total_s)
+        m.request_count(ctx.path, str(status), pod, ctx.result).inc()
+        m.duration_of(ctx.path, self._strategy).observe(total_s)
         ok = 200 <= status < 300 and ctx.result != OUTCOME_CLIENT_GONE
         if ok and ttft is not None:
-            m.ttft.labels(route=ctx.path, strategy=self._strategy).observe(ttft)
+            m.ttft_of(ctx.path, self._strategy).observe(ttft)
         if not access_logger.isEnabledFor(logging.INFO):
             return
         ratio = lifecycle.result.prefix_match_ratio if lifecycle is not None else None

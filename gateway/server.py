@@ -53,18 +53,18 @@ class Gateway:
         self.datastore = self.core.datastore
         registry = self.core.metrics.registry
         self.metrics = GatewayMetrics(registry)
-        self.upstream = UpstreamPool(options.connect_timeout_s, options.max_connections)
-        self.catalog = self.core.catalog
-        director = self.core.director
         timeouts = UpstreamTimeouts(
             options.connect_timeout_s, options.first_byte_timeout_s, options.chunk_timeout_s
         )
+        self.upstream = UpstreamPool(timeouts, options.max_connections)
+        self.catalog = self.core.catalog
+        director = self.core.director
         self.pipeline = Pipeline(
             [
                 ParseStage(director),
                 ModelCheckStage(self.catalog),
                 ScheduleStage(director),
-                ForwardStage(self.upstream, timeouts),
+                ForwardStage(self.upstream),
             ]
         )
         self.app = GatewayApp(
@@ -104,7 +104,7 @@ class Gateway:
     async def stop(self) -> None:
         """Stop serving (in-flight requests get a short grace period), scraping, upstream connections."""
         await self._server.stop()
-        await self.core.stop_scraping()
+        await self.core.close()
         await self.upstream.close()
 
     def request_stop(self) -> None:

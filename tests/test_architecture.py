@@ -49,6 +49,7 @@ LAYER_OF: dict[str, str] = {
     "metrics_scraper": SCRAPER,
     "epp.requestcontrol": REQUEST_CONTROL,
     "epp.metrics": SERVICES,
+    "epp.labelled_metrics": SERVICES,
     "epp.model_catalog": SERVICES,
     "epp.servers": SERVERS,
     "gateway": GATEWAY,

@@ -177,3 +177,36 @@ def test_ranked_puts_the_pick_first_then_falling_totals_ties_in_filter_order() -
         picked = result.endpoint.name
         expected = [n for n in ["c", "e", "a", "b", "d"] if n != picked]
         assert result.ranked() == [picked, *expected]
+
+
+def test_pick_forced_by_affinity_runs_only_the_prefix_scorer_and_no_picker() -> None:
+    class Counting:
+        def __init__(self, name: str) -> None:
+            self.name = name
+            self.calls = 0
+
+        def score(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> dict[str, float]:
+            self.calls += 1
+            return {c.name: 0.75 for c in candidates}
+
+    class NeverPicks:
+        name = "never"
+
+        def pick(self, ctx: SchedulingContext, candidates: Sequence[Any]) -> Candidate:
+            raise AssertionError("a forced pick needs no picker")
+
+    prefix, load = Counting("prefix"), Counting("load")
+    profile = assemble_profile(
+        "p",
+        [(Affine("affine", keep="a", affinity=True), 1.0), (prefix, 2.0), (load, 1.0), (NeverPicks(), 1.0)],
+    )
+    profile.prefix_scorer = "prefix"
+    result = Scheduler(datastore(PODS), profile).schedule(request())
+    assert result.endpoint.name == "a" and result.affinity_narrowed
+    assert (prefix.calls, load.calls) == (1, 0)
+    assert result.scores == {"prefix": {"a": 0.75}} and result.total_scores == {"a": 1.5}
+    assert result.prefix_match_ratio == 0.75
+    # Relaxed (a retry or Envoy's fallbacks): every scorer and the picker run again.
+    with pytest.raises(AssertionError, match="no picker"):
+        Scheduler(datastore(PODS), profile).schedule(request(), relax_affinity=True)
+    assert load.calls == 1

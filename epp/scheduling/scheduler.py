@@ -139,6 +139,8 @@ class Scheduler:
         For a retry: `excluded` names endpoints to leave out before any filter (those already tried),
         `relax_affinity` skips filters that declare `affinity = True`, and `context` is the previous cycle's
         SchedulingResult.context, so work cached in its cycle state (the prompt's hashes) is not redone.
+        When an affinity filter leaves a single pod, neither the other scorers nor the picker run: the
+        result's `scores` then hold the prefix scorer's alone.
         """
         prof = self.profile(profile)
         if context is None:
@@ -185,8 +187,12 @@ class Scheduler:
         names = [c.endpoint.name for c in candidates]
         totals = dict.fromkeys(names, 0.0)
         scores: dict[str, dict[str, float]] = {}
+        # Affinity left one pod: the pick is forced, so only the prefix scorer runs (its ratio is reported).
+        forced = narrowed and len(candidates) == 1
         for ws in prof.scorers:
             scorer = ws.scorer
+            if forced and scorer.name != prof.prefix_scorer:
+                continue
             if timer is None:
                 raw = scorer.score(ctx, candidates)
             else:
@@ -195,12 +201,13 @@ class Scheduler:
                 timer.observe_plugin(EXTENSION_SCORER, self.plugin_type(scorer), scorer.name, clock() - t0)
             scores[scorer.name] = _clamp_and_add(raw, names, ws.weight, totals)
 
-        scored = self._scored(candidates, totals)
-        if timer is None:
-            picked = prof.picker.pick(ctx, scored)
+        if forced:
+            picked = candidates[0]
+        elif timer is None:
+            picked = prof.picker.pick(ctx, self._scored(candidates, totals))
         else:
             t0 = clock()
-            picked = prof.picker.pick(ctx, scored)
+            picked = prof.picker.pick(ctx, self._scored(candidates, totals))
             picker = prof.picker
             timer.observe_plugin(EXTENSION_PICKER, self.plugin_type(picker), picker.name, clock() - t0)
 
