@@ -52,7 +52,12 @@ class EppApp:
         self.config = config
         self.options = options
         self.core = PickerCore(
-            config, endpoints, options.staleness_s, options.seed, max_attempts=options.max_attempts
+            config,
+            endpoints,
+            options.staleness_s,
+            options.seed,
+            max_attempts=options.max_attempts,
+            pod_credentials=options.pod_credentials,
         )
         self.datastore = self.core.datastore
         self.metrics = self.core.metrics
@@ -67,6 +72,7 @@ class EppApp:
             options.grpc_port,
             options.max_body_bytes,
             options.fallback_endpoints,
+            pod_credentials=options.pod_credentials,
         )
         self._scrape_client = scrape_client
         self._http = EmbeddedServer(self.http_app, options.host, options.http_port, options.log_level)

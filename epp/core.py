@@ -23,6 +23,7 @@ from epp.datastore import Datastore, Endpoint, EndpointEvent
 from epp.health.outlier import OutlierDetector
 from epp.metrics import EppMetrics
 from epp.model_catalog import ModelCatalog
+from epp.pod_auth import PodCredentials
 from epp.requestcontrol.director import Director, DirectorSettings
 from epp.scheduling.builder import build_scheduler
 from epp.scheduling.plugins import PluginConfigError
@@ -47,6 +48,7 @@ class PickerOptions:
     log_level: str = "INFO"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_attempts: int = 2  # pods tried per request (gateway retries, Envoy fallbacks + 1)
+    pod_credentials: PodCredentials | None = None  # the pods' API key (epp.pod_auth); repr redacted
 
 
 def load_pool(options: PickerOptions, env: Mapping[str, str]) -> tuple[EppConfig, list[Endpoint]]:
@@ -82,8 +84,10 @@ class PickerCore:
         staleness_s: float,
         seed: int | None,
         max_attempts: int = 2,
+        pod_credentials: PodCredentials | None = None,
     ) -> None:
         self.config = config
+        self.pod_credentials = pod_credentials
         self.outlier = OutlierDetector(config.outlier_settings, listener=self._on_ejection)
         self.datastore = Datastore(staleness_s=staleness_s, outlier=self.outlier)
         self.datastore.subscribe(self._on_endpoint_event)
@@ -101,7 +105,9 @@ class PickerCore:
             ) from None
         # Trust the environment for nothing: pods are reached directly, never through an HTTP(S)_PROXY.
         self.models_client = httpx.AsyncClient(trust_env=False, timeout=2.0)
-        self.catalog = ModelCatalog(self.datastore, self.models_client, config.models)
+        self.catalog = ModelCatalog(
+            self.datastore, self.models_client, config.models, credentials=pod_credentials
+        )
         resolver = config.models if len(config.models) else None  # no InferenceModels: models pass through
         self.director = Director(
             self.scheduler,

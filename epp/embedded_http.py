@@ -4,19 +4,64 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import Generator
 from typing import Any
 
 import uvicorn
+from uvicorn.server import ServerState
+
+logger = logging.getLogger(__name__)
 
 
 class _Uvicorn(uvicorn.Server):
-    """uvicorn without its own signal handling: the host program handles signals and shuts down."""
+    """uvicorn without its own signal handling (the host program handles signals), draining on shutdown."""
+
+    drain_s: float = 2.0
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop accepting, let in-flight requests finish for `drain_s`, then cut their connections.
+
+        Cutting (not cancelling, as uvicorn does) lets each app see its client leave and end cleanly: no
+        "Exception in ASGI application" traceback per in-flight stream.
+        """
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        state = self.server_state
+        for connection in list(state.connections):
+            connection.shutdown()  # idle: closed now; busy: closed once its answer is complete
+        if not await _until_empty(state, self.drain_s):
+            logger.warning(
+                "drain timeout (%gs): cutting %d in-flight request(s)", self.drain_s, len(state.tasks)
+            )
+            for connection in list(state.connections):
+                transport = getattr(connection, "transport", None)
+                if transport is not None:
+                    transport.abort()
+            if not await _until_empty(state, 1.0):
+                for task in state.tasks:
+                    task.cancel()
+        for server in self.servers:
+            await server.wait_closed()
+        if not self.force_exit:
+            await self.lifespan.shutdown()
+
+
+async def _until_empty(state: ServerState, timeout_s: float) -> bool:
+    """Whether every connection and request task ended within `timeout_s`."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while state.connections or state.tasks:
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
 
 
 class EmbeddedServer:
@@ -29,8 +74,10 @@ class EmbeddedServer:
         port: int,
         log_level: str = "INFO",
         name: str = "http",
-        graceful_shutdown_s: int = 2,
+        graceful_shutdown_s: float = 2.0,
+        protocol: type[asyncio.Protocol] | None = None,
     ) -> None:
+        """`protocol`: an HTTP protocol class to use instead of uvicorn's pick (websockets are then off)."""
         self.host = host
         self.port = port
         self._config = uvicorn.Config(
@@ -39,8 +86,10 @@ class EmbeddedServer:
             lifespan="off",
             log_config=None,
             access_log=False,
-            timeout_graceful_shutdown=graceful_shutdown_s,
+            http=protocol or "auto",
+            ws="none" if protocol is not None else "auto",
         )
+        self._drain_s = graceful_shutdown_s
         self._name = name
         self._server: _Uvicorn | None = None
         self.task: asyncio.Task[None] | None = None  # done when the server exited
@@ -50,6 +99,7 @@ class EmbeddedServer:
         sock = listen_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
         self._server = _Uvicorn(self._config)
+        self._server.drain_s = self._drain_s
         self.task = asyncio.create_task(self._server.serve(sockets=[sock]), name=self._name)
         # uvicorn exposes startup only as a flag, so poll it.
         while not self._server.started and not self.task.done():  # noqa: ASYNC110
@@ -60,7 +110,7 @@ class EmbeddedServer:
         return self.port
 
     async def stop(self) -> None:
-        """Stop accepting; in-flight requests get the graceful shutdown period."""
+        """Stop accepting; in-flight requests get the graceful shutdown period, then are cut."""
         if self._server is not None and self.task is not None:
             self._server.should_exit = True
             with contextlib.suppress(Exception):

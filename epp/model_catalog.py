@@ -4,6 +4,7 @@ Pods are asked every `ttl_s` by `run()` and on demand; a model that is not in th
 refresh (at most every `min_refresh_s`), so an adapter loaded a moment ago is found. An entry whose `parent`
 names another model is a LoRA adapter (vLLM lists `--lora-modules` that way): that, and the pods' LoRA
 metrics, is how epp tells an adapter from a base model, never from a name that differs from the requested one.
+With pod credentials (epp.pod_auth) each /v1/models request carries the pod API key.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import httpx
 import orjson
 
 from epp.datastore import Datastore, Endpoint
+from epp.pod_auth import PodCredentials
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +35,10 @@ class ModelCatalog:
         ttl_s: float = 2.0,
         min_refresh_s: float = 0.25,
         timeout_s: float = 2.0,
+        credentials: PodCredentials | None = None,
     ) -> None:
         self._datastore = datastore
+        self._headers = credentials.auth_headers() if credentials is not None else {}
         self._client = client
         self._inference_models = inference_models
         self._ttl_s = ttl_s
@@ -46,6 +50,7 @@ class ModelCatalog:
         self._answered = False  # at least one pod answered the last refresh
         self._refreshed_at = float("-inf")
         self._lock = asyncio.Lock()
+        self._refused_by: set[str] = set()  # pods that answered 401/403, warned about once
 
     async def refresh(self, max_age_s: float = 0.0) -> None:
         """Ask every pod for its models unless the cache is at most `max_age_s` old; the union replaces the
@@ -73,7 +78,12 @@ class ModelCatalog:
 
     async def _fetch(self, endpoint: Endpoint) -> list[dict[str, Any]] | None:
         try:
-            response = await self._client.get(f"{endpoint.base_url}/v1/models", timeout=self._timeout_s)
+            response = await self._client.get(
+                f"{endpoint.base_url}/v1/models", headers=self._headers, timeout=self._timeout_s
+            )
+            if response.status_code in (401, 403):
+                self._refused(endpoint, response.status_code)
+                return None
             response.raise_for_status()
             data = orjson.loads(response.content).get("data")
         except (httpx.HTTPError, orjson.JSONDecodeError, AttributeError) as exc:
@@ -82,6 +92,13 @@ class ModelCatalog:
         if not isinstance(data, list):
             return None
         return [entry for entry in data if isinstance(entry, dict)]
+
+    def _refused(self, endpoint: Endpoint, status: int) -> None:
+        if endpoint.name in self._refused_by:
+            return
+        self._refused_by.add(endpoint.name)
+        hint = "check the pod API key" if self._headers else "set --pod-api-key-file or EPP_POD_API_KEY"
+        logger.warning("%s refused GET /v1/models with HTTP %d: %s", endpoint.name, status, hint)
 
     def _age(self) -> float:
         return time.monotonic() - self._refreshed_at

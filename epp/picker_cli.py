@@ -6,6 +6,7 @@ import argparse
 import logging
 from typing import Any
 
+from epp.config.cli_types import any_int, positive_int, positive_seconds
 from epp.config.routing_strategy import RoutingStrategy
 
 
@@ -27,19 +28,26 @@ def add_picker_arguments(p: argparse.ArgumentParser) -> None:
         help="built-in strategy (overrides the pool's)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--scrape-interval", type=float, default=0.05, help="seconds between metrics scrapes")
     p.add_argument(
-        "--scrape-timeout", type=float, default=0.5, help="seconds one scrape may take (slower: slow pod)"
+        "--scrape-interval", type=positive_seconds, default=0.05, help="seconds between metrics scrapes"
     )
-    p.add_argument("--staleness", type=float, default=1.0, help="seconds after which pod metrics are too old")
+    p.add_argument(
+        "--scrape-timeout",
+        type=positive_seconds,
+        default=0.5,
+        help="seconds one scrape may take (slower: slow pod)",
+    )
+    p.add_argument(
+        "--staleness", type=positive_seconds, default=1.0, help="seconds after which pod metrics are too old"
+    )
     p.add_argument(
         "--max-attempts",
-        type=int,
+        type=positive_int,
         default=2,
         help="pods tried per request: the pick, then retries elsewhere before any byte reached the client "
         "(default 2)",
     )
-    p.add_argument("--seed", type=int, default=None, help="seed for random pickers (reproducible runs)")
+    p.add_argument("--seed", type=any_int, default=None, help="seed for random pickers (reproducible runs)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
@@ -63,3 +71,19 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if level != "DEBUG":  # httpx logs every request it makes at INFO
         logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+# -- pod API key (epp.pod_auth) ------------------------------------------------------------------------------
+
+
+def add_pod_key_arguments(p: argparse.ArgumentParser) -> None:
+    """--pod-api-key-file (else env EPP_POD_API_KEY): the key the pods require (vLLM --api-key). The file is
+    read once at start-up with `epp.pod_auth.load_pod_credentials(args.pod_api_key_file, env)`."""
+    p.add_argument(
+        "--pod-api-key-file",
+        default=None,
+        metavar="PATH",
+        help="file holding the API key the pods require (vLLM --api-key), sent as a Bearer token; "
+        "default: env EPP_POD_API_KEY. With a key, clients' Authorization/x-api-key never reach the pods; "
+        "without, they pass through",
+    )

@@ -17,6 +17,7 @@ The optional `cache_salt` (vLLM's: no KV cache is shared across salts) is kept f
 from __future__ import annotations
 
 import random
+import re
 import uuid
 from collections.abc import Container, Mapping, Sized
 from dataclasses import dataclass
@@ -131,8 +132,30 @@ def bodyless_request(headers: Mapping[str, str]) -> LLMRequest:
     )
 
 
+MAX_REQUEST_ID_CHARS = 128
+_REQUEST_ID_RE = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_REQUEST_ID_CHARS}}}")
+
+
 def request_id_from(headers: Mapping[str, str]) -> str:
-    return headers.get("x-request-id") or uuid.uuid4().hex
+    """The client's `x-request-id` if it is safe to log, else a fresh one.
+
+    Only `[A-Za-z0-9._:-]`, at most MAX_REQUEST_ID_CHARS: an id with spaces, `=` or control characters could
+    forge fields or lines in the access log. Both data planes use this, so they agree on the id.
+    """
+    given = headers.get("x-request-id")
+    if given is not None and _REQUEST_ID_RE.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+def stream_flag(body: Mapping[str, Any]) -> bool:
+    """The request's `stream`: absent or null (OpenAI allows both) is false; not a boolean: 400."""
+    stream = body.get("stream")
+    if stream is None:
+        return False
+    if not isinstance(stream, bool):
+        raise RequestError(400, "`stream` must be a boolean.", param="stream")
+    return stream
 
 
 def public_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -1,5 +1,7 @@
-"""The gateway's ASGI app: the OpenAI routes through the pipeline, plus /v1/models, /metrics and /healthz.
+"""The gateway's ASGI app: the allowed routes (gateway/edge.py has the connection limits).
 
+`POST` on an allowed path goes through the pipeline to a pod; `GET /v1/models` lists the models; `/metrics`
+and `/healthz` are the gateway's own. Any other path is a JSON 404, a wrong method a JSON 405 with `Allow`.
 Every answer the gateway makes itself is OpenAI-style JSON with a 4xx/5xx status, never a traceback. A client
 that disconnects cancels its request: the upstream connection is closed and the pod's in-flight count freed.
 """
@@ -10,15 +12,21 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
+from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from epp import limits
 from epp.datastore import Datastore
 from epp.model_catalog import ModelCatalog
-from epp.request import INFERENCE_PATHS
+from epp.request import request_id_from
+from epp.routes import MODELS_PATH, AllowedRoutes
 from gateway.asgi import (
+    BadHeaders,
+    BodyBudget,
+    BodyTimeout,
     BodyTooLarge,
+    BuffersFull,
     ClientGone,
     Receive,
     Scope,
@@ -38,7 +46,18 @@ from gateway.streaming import relay
 
 logger = logging.getLogger(__name__)
 
-MODELS_PATH = "/v1/models"
+OWN_PATHS = frozenset({"/metrics", "/healthz"})  # answered by the gateway, GET only
+CLOSE = (b"connection", b"close")  # after a refused body: the rest of it is not worth reading
+RETRY_AFTER_S = 1
+
+
+@dataclass(frozen=True, slots=True)
+class BodyLimits:
+    """One body's size and time, and the bytes all bodies being handled may hold together."""
+
+    max_body_bytes: int = limits.DEFAULT_MAX_BODY_BYTES
+    body_timeout_s: float = limits.DEFAULT_BODY_TIMEOUT_S
+    max_buffered_body_bytes: int = limits.DEFAULT_MAX_BUFFERED_BODY_BYTES
 
 
 class GatewayApp:
@@ -52,7 +71,8 @@ class GatewayApp:
         metrics: GatewayMetrics,
         recorder: RequestRecorder,
         registry: CollectorRegistry,
-        max_body_bytes: int,
+        body_limits: BodyLimits,
+        routes: AllowedRoutes,
     ) -> None:
         self._pipeline = pipeline
         self._catalog = catalog
@@ -60,52 +80,86 @@ class GatewayApp:
         self._metrics = metrics
         self._recorder = recorder
         self._registry = registry
-        self._max_body_bytes = max_body_bytes
+        self._limits = body_limits
+        self._budget = BodyBudget(body_limits.max_buffered_body_bytes)
+        self._routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # served with lifespan off; websockets are not part of the API
             return
         path: str = scope["path"]
         method: str = scope["method"]
-        if path in INFERENCE_PATHS:
-            if method == "POST":
-                await self._proxy(path, scope, receive, send)
-            else:
-                await _method_not_allowed(send, method, "POST")
-        elif path in (MODELS_PATH, "/metrics", "/healthz"):
-            if method != "GET":
-                await _method_not_allowed(send, method, "GET")
-            elif path == MODELS_PATH:
-                await self._models(send)
-            elif path == "/metrics":
-                body = generate_latest(self._registry)
-                await send_bytes(send, 200, body, CONTENT_TYPE_LATEST.encode())
-            else:
-                await self._healthz(send)
-        else:
+        allowed = frozenset({"GET"}) if path in OWN_PATHS else self._routes.methods(path)
+        if not allowed:
             await send_bytes(send, 404, error_body(404, f"Route {path} not found.", "not_found"))
+        elif method not in allowed:
+            await _method_not_allowed(send, method, allowed)
+        elif method == "POST":
+            await self._proxy(path, scope, receive, send)
+        elif path == MODELS_PATH:
+            await self._models(send)
+        elif path == "/metrics":
+            body = generate_latest(self._registry)
+            await send_bytes(send, 200, body, CONTENT_TYPE_LATEST.encode())
+        elif path == "/healthz":
+            await self._healthz(send)
+        else:  # the server refuses such routes at startup (gateway/server.py check_routes)
+            await _method_not_allowed(send, method, frozenset({"POST"}))
 
     async def _proxy(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = lowered_headers(scope)
-        headers.setdefault("x-request-id", uuid.uuid4().hex)
+        try:
+            headers = lowered_headers(scope)
+        except BadHeaders as exc:
+            headers, bad_headers = {}, str(exc)
+        else:
+            bad_headers = ""
+        headers["x-request-id"] = request_id_from(headers)  # forwarded too: both planes log the same id
         ctx = RequestContext(path, headers, b"")
+        lease = self._budget.lease()
         self._metrics.in_flight.inc()
         try:
-            try:
-                ctx.body = await read_body(receive, headers, self._max_body_bytes)
-            except BodyTooLarge:
-                ctx.result = OUTCOME_REFUSED
-                message = f"Request body exceeds {self._max_body_bytes} bytes."
-                reply = BytesReply(413, error_body(413, message, "body_too_large"))
-                await relay(reply, send, ctx)
+            if bad_headers:
+                await self._refuse(ctx, send, 400, bad_headers, "invalid_header")
                 return
+            body_limits = self._limits
+            try:
+                ctx.body = await read_body(
+                    receive, headers, body_limits.max_body_bytes, lease, body_limits.body_timeout_s
+                )
+            except BodyTooLarge:
+                message = f"Request body exceeds {body_limits.max_body_bytes} bytes."
+                await self._refuse(ctx, send, 413, message, "body_too_large", [CLOSE])
+            except BuffersFull:
+                message = "The gateway holds too many request bodies right now; retry shortly."
+                retry = (b"retry-after", str(RETRY_AFTER_S).encode())
+                await self._refuse(ctx, send, 503, message, "server_busy", [CLOSE, retry], "api_error")
+            except BodyTimeout:
+                message = f"Request body not received within {body_limits.body_timeout_s:g} s."
+                await self._refuse(ctx, send, 408, message, "body_timeout", [CLOSE])
             except ClientGone:
                 ctx.result = OUTCOME_CLIENT_GONE
-                return
-            await self._answer_until_disconnect(ctx, receive, send)
+            else:
+                await self._answer_until_disconnect(ctx, receive, send)
         finally:
+            lease.release()
             self._metrics.in_flight.dec()
             self._recorder.record(ctx, time.perf_counter() - ctx.started)
+
+    async def _refuse(
+        self,
+        ctx: RequestContext,
+        send: Send,
+        status: int,
+        message: str,
+        code: str,
+        extra: list[tuple[bytes, bytes]] | None = None,
+        type_: str = "invalid_request_error",
+    ) -> None:
+        ctx.result = OUTCOME_REFUSED
+        reply = BytesReply(status, error_body(status, message, code, type_))
+        reply.headers += extra or []
+        with contextlib.suppress(OSError):
+            await relay(reply, send, ctx)
 
     async def _answer_until_disconnect(self, ctx: RequestContext, receive: Receive, send: Send) -> None:
         """Answer in this task; a watcher cancels it if the client leaves (one task, not two and a wait)."""
@@ -167,6 +221,7 @@ class GatewayApp:
         await send_json(send, 200, {"status": "ok", "endpoints": total, "schedulable_endpoints": schedulable})
 
 
-async def _method_not_allowed(send: Send, method: str, allowed: str) -> None:
-    body = error_body(405, f"Method {method} not allowed; use {allowed}.", "method_not_allowed")
-    await send_bytes(send, 405, body)
+async def _method_not_allowed(send: Send, method: str, allowed: frozenset[str]) -> None:
+    allow = ", ".join(sorted(allowed))
+    body = error_body(405, f"Method {method} not allowed; use {allow}.", "method_not_allowed")
+    await send_bytes(send, 405, body, extra=[(b"allow", allow.encode())])

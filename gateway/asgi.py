@@ -1,7 +1,11 @@
-"""Raw-ASGI plumbing: read a bounded body, send a whole JSON answer, wait for the client to disconnect."""
+"""Raw-ASGI plumbing: read a bounded body, send a whole JSON answer, wait for the client to disconnect.
+
+A body is bounded in size, in time, and by the bytes all bodies together may hold (BodyBudget).
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -23,28 +27,87 @@ class BodyTooLarge(Exception):
     """The request body exceeds the gateway's limit."""
 
 
+class BodyTimeout(Exception):
+    """The client did not send its whole body within the body timeout."""
+
+
+class BuffersFull(Exception):
+    """Holding this body would exceed the bytes all request bodies together may hold."""
+
+
 class ClientGone(Exception):
     """The client disconnected before its request body was read."""
 
 
-async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
-    """The whole request body; BodyTooLarge as soon as it (or its declared length) exceeds `limit`."""
+class BadHeaders(Exception):
+    """A request header the gateway cannot forward unchanged."""
+
+
+class BodyBudget:
+    """Bytes of request bodies held at once, across all requests (one event loop: no lock needed)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held = 0
+
+    def lease(self) -> BodyLease:
+        return BodyLease(self)
+
+
+class BodyLease:
+    """One request's share of a BodyBudget; `release()` when the request is over."""
+
+    __slots__ = ("_budget", "bytes")
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self._budget = budget
+        self.bytes = 0
+
+    def grow(self, n: int) -> None:
+        budget = self._budget
+        if budget.held + n > budget.capacity:
+            raise BuffersFull
+        budget.held += n
+        self.bytes += n
+
+    def release(self) -> None:
+        self._budget.held -= self.bytes
+        self.bytes = 0
+
+
+async def read_body(
+    receive: Receive, headers: dict[str, str], limit: int, lease: BodyLease, timeout_s: float
+) -> bytes:
+    """The whole request body, within `timeout_s` and the lease's budget.
+
+    BodyTooLarge as soon as it (or its declared length) exceeds `limit`; BuffersFull when the budget cannot
+    hold it (a declared length is reserved up front, so a refusal comes before any byte is buffered);
+    BodyTimeout; ClientGone.
+    """
     declared = headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
+    if declared.isdigit():
+        if int(declared) > limit:
+            raise BodyTooLarge
+        lease.grow(int(declared))
     parts: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                chunk: bytes = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge
+                if size > lease.bytes:  # chunked: no declared length
+                    lease.grow(size - lease.bytes)
+                parts.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(parts)
+    except TimeoutError:
+        raise BodyTimeout from None
 
 
 async def wait_disconnect(receive: Receive) -> None:
@@ -53,8 +116,12 @@ async def wait_disconnect(receive: Receive) -> None:
         pass
 
 
-async def send_bytes(send: Send, status: int, body: bytes, content_type: bytes = JSON) -> None:
+async def send_bytes(
+    send: Send, status: int, body: bytes, content_type: bytes = JSON, extra: Headers | None = None
+) -> None:
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers += extra
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -71,5 +138,20 @@ def error_body(
 
 
 def lowered_headers(scope: Scope) -> dict[str, str]:
-    """Request headers with lower-case names (a repeated header keeps its last value)."""
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+    """Request headers by lower-case name, values decoded as UTF-8 (BadHeaders if one is not).
+
+    UTF-8 because the upstream client encodes header values as UTF-8: a value decoded so goes out with its
+    bytes unchanged (latin-1 would re-encode every non-ASCII byte). A repeated header's values are joined
+    with ", " (RFC 9110 5.3; `cookie` with "; ", RFC 6265 5.4), so none is lost when forwarded.
+    """
+    out: dict[str, str] = {}
+    try:
+        for raw_name, raw_value in scope.get("headers", []):
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("utf-8")
+            if name in out:
+                value = out[name] + ("; " if name == "cookie" else ", ") + value
+            out[name] = value
+    except UnicodeDecodeError:
+        raise BadHeaders(f"The value of header `{name}` is not valid UTF-8.") from None
+    return out

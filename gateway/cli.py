@@ -8,8 +8,16 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from epp import event_loop
-from epp.picker_cli import add_picker_arguments, configure_logging, picker_option_values
+from epp import event_loop, limits
+from epp.config.cli_types import port, positive_int, positive_seconds
+from epp.picker_cli import (
+    add_picker_arguments,
+    add_pod_key_arguments,
+    configure_logging,
+    picker_option_values,
+)
+from epp.pod_auth import PodKeyError, load_pod_credentials
+from epp.routes import AllowedRoutes, RouteSpecError, parse_routes
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -22,51 +30,94 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Serve the OpenAI API at http://HOST:PORT/v1, routing each request to a pod with epp.",
     )
     add_picker_arguments(p)
-    p.add_argument("--port", type=_port, default=8000, help="port; 0 picks a free one (default 8000)")
+    add_pod_key_arguments(p)
+    p.add_argument("--port", type=port, default=8000, help="port; 0 picks a free one (default 8000)")
     p.add_argument(
         "--max-body-bytes",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="largest request body accepted; bigger ones get 413 (default 10 MiB)",
     )
     p.add_argument(
-        "--connect-timeout", type=_seconds, default=2.0, help="seconds to connect to a pod (default 2)"
+        "--connect-timeout",
+        type=positive_seconds,
+        default=2.0,
+        help="seconds to connect to a pod (default 2)",
     )
     p.add_argument(
         "--first-byte-timeout",
-        type=_seconds,
+        type=positive_seconds,
         default=300.0,
         help="seconds to a pod's first body byte; then the attempt fails and is retried elsewhere "
         "(default 300: a non-streamed answer's first byte comes when it is complete)",
     )
     p.add_argument(
         "--chunk-timeout",
-        type=_seconds,
+        type=positive_seconds,
         default=60.0,
         help="longest silence from a pod mid-answer; a stream then ends with an SSE error event (default 60)",
     )
+    _add_edge_arguments(p)
     p.set_defaults(func=run_gateway)
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0..65535, got {value}")
-    return value
+def _add_edge_arguments(p: argparse.ArgumentParser) -> None:
+    """The client-facing limits (epp/limits.py defaults; docs/gateway.md has the table)."""
+    p.add_argument(
+        "--allowed-routes",
+        type=_routes,
+        default=None,
+        help=f"routes that reach the pods, 'METHOD /path,...'; others get 404 (default {AllowedRoutes()})",
+    )
+    p.add_argument(
+        "--max-header-bytes",
+        type=positive_int,
+        default=limits.DEFAULT_MAX_HEADER_BYTES,
+        help="request line target plus all headers; more gets 431 (default 64 KiB)",
+    )
+    p.add_argument(
+        "--max-headers",
+        type=positive_int,
+        default=limits.DEFAULT_MAX_HEADERS,
+        help=f"request header count; more gets 431 (default {limits.DEFAULT_MAX_HEADERS})",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=positive_seconds,
+        default=limits.DEFAULT_HEADER_TIMEOUT_S,
+        help="seconds a client has to send its request headers; then 408 and close (default 10)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=positive_seconds,
+        default=limits.DEFAULT_BODY_TIMEOUT_S,
+        help="seconds a client has to send its body after the headers; then 408 (default 30)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=positive_seconds,
+        default=limits.DEFAULT_IDLE_TIMEOUT_S,
+        help="seconds a keep-alive connection may wait for its next request (default 60)",
+    )
+    p.add_argument(
+        "--max-buffered-body-bytes",
+        type=positive_int,
+        default=limits.DEFAULT_MAX_BUFFERED_BODY_BYTES,
+        help="request body bytes held at once across requests; beyond it 503 + Retry-After (default 256 MiB)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=positive_seconds,
+        default=10.0,
+        help="on SIGTERM/SIGINT, seconds in-flight requests may take to finish, then are cut (default 10)",
+    )
 
 
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _routes(text: str) -> AllowedRoutes:
+    try:
+        return parse_routes(text)
+    except RouteSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run_gateway(args: argparse.Namespace) -> int:
@@ -76,18 +127,35 @@ def run_gateway(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level)
     extra = {} if args.max_body_bytes is None else {"max_body_bytes": args.max_body_bytes}
+    try:  # the pods' API key, read once; the error names the file or variable, never the key
+        pod_credentials = load_pod_credentials(args.pod_api_key_file, os.environ)
+    except PodKeyError as exc:
+        print(f"epp gateway: {exc}", file=sys.stderr)
+        return 2
     options = GatewayOptions(
         **picker_option_values(args),
+        pod_credentials=pod_credentials,
         port=args.port,
         connect_timeout_s=args.connect_timeout,
         first_byte_timeout_s=args.first_byte_timeout,
         chunk_timeout_s=args.chunk_timeout,
+        allowed_routes=args.allowed_routes or AllowedRoutes(),
+        max_header_bytes=args.max_header_bytes,
+        max_headers=args.max_headers,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        idle_timeout_s=args.idle_timeout,
+        max_buffered_body_bytes=args.max_buffered_body_bytes,
+        drain_timeout_s=args.drain_timeout,
         **extra,
     )
     try:
         gateway = build_gateway(options, env=dict(os.environ))
     except ConfigError as exc:
         print(f"epp gateway: config error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # --allowed-routes the gateway cannot serve
+        print(f"epp gateway: {exc}", file=sys.stderr)
         return 2
     try:
         with contextlib.suppress(KeyboardInterrupt):

@@ -13,12 +13,14 @@ from epp.request import ParsedRequest
 from epp.requestcontrol.lifecycle import RequestLifecycle
 from gateway.asgi import JSON, Headers
 
-# Values of RequestContext.outcome besides "ok".
+# Values of RequestContext.result (the `result` label and access log field).
 OUTCOME_OK = "ok"
 OUTCOME_REFUSED = "refused"  # the gateway answered with its own error before reaching a pod
 OUTCOME_UPSTREAM_FAILED = "upstream_failed"  # no pod could be reached
 OUTCOME_UPSTREAM_ABORTED = "upstream_aborted"  # the pod broke off mid-response
 OUTCOME_CLIENT_GONE = "client_disconnected"
+OUTCOME_POD_4XX = "pod_4xx"  # a pod answered 4xx: relayed unchanged, but not a success
+OUTCOME_POD_5XX = "pod_5xx"  # a pod's 5xx relayed because no other pod was left to try
 
 
 class Reply(Protocol):
@@ -67,6 +69,16 @@ class RequestContext:
     @property
     def request_id(self) -> str:
         return self.headers.get("x-request-id", "-")  # the app sets one when the client did not
+
+    def final_result(self, status: int) -> str:
+        """`result` as recorded: a pod's 4xx/5xx relayed to the client is not `ok`."""
+        if self.result != OUTCOME_OK or self.lifecycle is None or not self.lifecycle.attempts:
+            return self.result
+        if 400 <= status < 500:
+            return OUTCOME_POD_4XX
+        if status >= 500:
+            return OUTCOME_POD_5XX
+        return self.result
 
     @property
     def endpoint(self) -> Endpoint | None:

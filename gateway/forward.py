@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
+from epp.pod_auth import PodCredentials, headers_for_pod
 from epp.requestcontrol import lifecycle as lc
 from epp.requestcontrol.lifecycle import RequestLifecycle
 from gateway.asgi import Headers, error_body
@@ -190,14 +191,17 @@ class ForwardStage:
 
     name = "forward"
 
-    def __init__(self, pool: UpstreamPool) -> None:
+    def __init__(self, pool: UpstreamPool, pod_credentials: PodCredentials | None = None) -> None:
         self._pool = pool
+        self._pod_credentials = pod_credentials  # None: the client's credentials pass through
 
     async def run(self, ctx: RequestContext) -> Reply | None:
         lifecycle = ctx.lifecycle
         assert lifecycle is not None, "schedule runs first"
         ctx.cleanups.append(_close_lifecycle(lifecycle))
-        headers = {k: v for k, v in ctx.headers.items() if k not in _HOP_BY_HOP}
+        headers = headers_for_pod(
+            self._pod_credentials, {k: v for k, v in ctx.headers.items() if k not in _HOP_BY_HOP}
+        )
         session = self._pool.session
         chunk_s = self._pool.timeouts.chunk_s
         while True:

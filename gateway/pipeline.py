@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from epp.model_catalog import ModelCatalog
-from epp.request import RequestError
+from epp.request import RequestError, stream_flag
 from epp.requestcontrol.director import Director
 from epp.scheduling.types import SchedulingError
 from gateway.context import OUTCOME_REFUSED, Reply, RequestContext, error_json
@@ -66,11 +66,10 @@ class ParseStage:
 
     async def run(self, ctx: RequestContext) -> Reply | None:
         ctx.parsed_at = time.perf_counter()
+        if not ctx.body:  # the director lets an empty body through on paths beyond chat/completions
+            raise RequestError(400, "Request body is empty.", code="invalid_body")
         ctx.parsed = parsed = self._director.parse(ctx.body, ctx.headers, ctx.path)
-        stream = parsed.request.body.get("stream", False)
-        if not isinstance(stream, bool):
-            raise RequestError(400, "`stream` must be a boolean.", param="stream")
-        ctx.stream = stream
+        ctx.stream = stream_flag(parsed.request.body)
         return None
 
 

@@ -6,11 +6,16 @@ The access log never includes headers or bodies (they may carry API keys or priv
 from __future__ import annotations
 
 import logging
+import re
+
+import orjson
 
 from gateway.context import OUTCOME_CLIENT_GONE, RequestContext
 from gateway.metrics import GatewayMetrics
 
 access_logger = logging.getLogger("gateway.access")
+
+_PLAIN = re.compile(r"[A-Za-z0-9._:/@+-]{1,256}")
 
 CLIENT_CLOSED = 499  # status recorded when the client left before any answer (nginx's convention)
 
@@ -27,8 +32,9 @@ class RequestRecorder:
         lifecycle = ctx.lifecycle
         pod = lifecycle.endpoint.name if lifecycle is not None and lifecycle.attempts else ""
         ttft = lifecycle.first_token_s if lifecycle is not None else None
+        result = ctx.final_result(status)
         m = self._metrics
-        m.request_count(ctx.path, str(status), pod, ctx.result).inc()
+        m.request_count(ctx.path, str(status), pod, result).inc()
         m.duration_of(ctx.path, self._strategy).observe(total_s)
         ok = 200 <= status < 300 and ctx.result != OUTCOME_CLIENT_GONE
         if ok and ttft is not None:
@@ -41,10 +47,10 @@ class RequestRecorder:
             "strategy=%s prefix_match_ratio=%s ttft_ms=%s total_ms=%.1f",
             ctx.request_id,
             ctx.path,
-            ctx.parsed.request.model if ctx.parsed is not None else "-",
+            _loggable(ctx.parsed.request.model) if ctx.parsed is not None else "-",
             ctx.stream,
             status,
-            ctx.result,
+            result,
             pod or "-",
             lifecycle.attempts if lifecycle is not None else 0,
             self._strategy,
@@ -52,3 +58,9 @@ class RequestRecorder:
             "-" if ttft is None else f"{ttft * 1000:.1f}",
             total_s * 1000,
         )
+
+
+def _loggable(text: str) -> str:
+    """`text` as is when plain, else JSON-quoted (control characters escaped): a client's model name must not
+    forge fields or lines in the access log (the request id is sanitised where it is read)."""
+    return text if _PLAIN.fullmatch(text) else orjson.dumps(text[:256]).decode()

@@ -11,18 +11,24 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from epp import limits
 from epp.config import EppConfig
 from epp.core import PickerCore, PickerOptions, load_pool
 from epp.datastore import Endpoint
 from epp.embedded_http import EmbeddedServer
 from epp.lifecycle import wait_for_shutdown
-from gateway.app import GatewayApp
+from epp.routes import MODELS_PATH, AllowedRoutes
+from gateway.app import OWN_PATHS, BodyLimits, GatewayApp
+from gateway.edge import EdgeLimits, edge_protocol
 from gateway.forward import ForwardStage, UpstreamPool, UpstreamTimeouts
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import ModelCheckStage, ParseStage, Pipeline, ScheduleStage
 from gateway.record import RequestRecorder
 
 logger = logging.getLogger(__name__)
+
+
+DEFAULT_ALLOWED = AllowedRoutes()
 
 
 @dataclass(frozen=True)
@@ -34,10 +40,31 @@ class GatewayOptions(PickerOptions):
     first_byte_timeout_s: float = 300.0  # the pod's first body byte (a JSON answer's comes when it is done)
     chunk_timeout_s: float = 60.0  # longest silence from a pod mid-answer
     max_connections: int = 1024  # upstream connections, all pods together
+    allowed_routes: AllowedRoutes = DEFAULT_ALLOWED  # the rest: JSON 404
+    max_header_bytes: int = limits.DEFAULT_MAX_HEADER_BYTES
+    max_headers: int = limits.DEFAULT_MAX_HEADERS
+    header_timeout_s: float = limits.DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = limits.DEFAULT_BODY_TIMEOUT_S
+    idle_timeout_s: float = limits.DEFAULT_IDLE_TIMEOUT_S
+    max_buffered_body_bytes: int = limits.DEFAULT_MAX_BUFFERED_BODY_BYTES
+    drain_timeout_s: float = 10.0  # on SIGTERM: in-flight requests may finish within this, then are cut
+
+
+def check_routes(routes: AllowedRoutes) -> None:
+    """ValueError unless the gateway can serve every route: POST is proxied, GET only on /v1/models."""
+    for route in routes.routes:
+        if route.path in OWN_PATHS:
+            raise ValueError(f"route {route}: {route.path} is the gateway's own")
+        if route.method != "POST" and str(route) != f"GET {MODELS_PATH}":
+            raise ValueError(
+                f"route {route}: the gateway proxies POST routes only (and serves GET {MODELS_PATH})"
+            )
 
 
 def build_gateway(options: GatewayOptions, env: Mapping[str, str]) -> Gateway:
-    """Load config and build every part; raises ConfigError (file, document, field, reason) on bad input."""
+    """Load config and build every part; raises ConfigError (file, document, field, reason) on bad input,
+    ValueError for routes the gateway cannot serve."""
+    check_routes(options.allowed_routes)
     return Gateway(*load_pool(options, env), options)
 
 
@@ -48,7 +75,12 @@ class Gateway:
         self.config = config
         self.options = options
         self.core = PickerCore(
-            config, endpoints, options.staleness_s, options.seed, max_attempts=options.max_attempts
+            config,
+            endpoints,
+            options.staleness_s,
+            options.seed,
+            max_attempts=options.max_attempts,
+            pod_credentials=options.pod_credentials,
         )
         self.datastore = self.core.datastore
         registry = self.core.metrics.registry
@@ -64,7 +96,7 @@ class Gateway:
                 ParseStage(director),
                 ModelCheckStage(self.catalog),
                 ScheduleStage(director),
-                ForwardStage(self.upstream),
+                ForwardStage(self.upstream, options.pod_credentials),
             ]
         )
         self.app = GatewayApp(
@@ -74,9 +106,25 @@ class Gateway:
             self.metrics,
             RequestRecorder(self.metrics, config.strategy_name),
             registry,
-            options.max_body_bytes,
+            BodyLimits(options.max_body_bytes, options.body_timeout_s, options.max_buffered_body_bytes),
+            options.allowed_routes,
         )
-        self._server = EmbeddedServer(self.app, options.host, options.port, options.log_level, "gateway")
+        edge = EdgeLimits(
+            options.max_header_bytes,
+            options.max_headers,
+            options.header_timeout_s,
+            options.body_timeout_s,
+            options.idle_timeout_s,
+        )
+        self._server = EmbeddedServer(
+            self.app,
+            options.host,
+            options.port,
+            options.log_level,
+            "gateway",
+            graceful_shutdown_s=options.drain_timeout_s,
+            protocol=edge_protocol(edge),
+        )
         self._stop = asyncio.Event()
         self.port = options.port
 
@@ -102,7 +150,7 @@ class Gateway:
             logger.warning("no endpoints configured (--endpoints or a StaticEndpoints document): all 503")
 
     async def stop(self) -> None:
-        """Stop serving (in-flight requests get a short grace period), scraping, upstream connections."""
+        """Stop serving (in-flight requests get `drain_timeout_s`), scraping, upstream connections."""
         await self._server.stop()
         await self.core.close()
         await self.upstream.close()

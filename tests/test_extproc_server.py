@@ -51,7 +51,9 @@ class Harness:
 
 
 async def _serve(
-    scheduler_factory: Callable[[Datastore], Any] | None = None, fallback_endpoints: int = 0
+    scheduler_factory: Callable[[Datastore], Any] | None = None,
+    fallback_endpoints: int = 0,
+    end_after_route: bool = False,
 ) -> AsyncIterator[Harness]:
     ds = Datastore(staleness_s=600)
     ds.set_endpoints([Endpoint("pod-a", "10.0.0.1", 8000), Endpoint("pod-b", "10.0.0.2", 8001)])
@@ -75,8 +77,14 @@ async def _serve(
     )
     recorder = ListRecorder()
     service = Director(scheduler, ds, resolver, recorder, rng, DirectorSettings("least-request"))
+    # These tests drive the stream-kept-open mode; test_envoy_edge.py and the test below the default.
     server = ExtProcServer(
-        service, "127.0.0.1", 0, max_body_bytes=4096, fallback_endpoints=fallback_endpoints
+        service,
+        "127.0.0.1",
+        0,
+        max_body_bytes=4096,
+        fallback_endpoints=fallback_endpoints,
+        end_after_route=end_after_route,
     )
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -368,3 +376,16 @@ async def test_negative_fallback_count_is_refused() -> None:
     )
     with pytest.raises(ValueError, match="fallback_endpoints"):
         ExtProcServer(service, fallback_endpoints=-1)
+
+
+async def test_default_ends_the_stream_after_routing_and_keeps_the_pick_in_flight() -> None:
+    """epp closes the stream once routed (a picker restart cannot fail the request); the access-log entry,
+    not the stream's end, releases the in-flight count."""
+    async for h in _serve(end_after_route=True):
+        call = h.stub.Process()
+        await exchange(call, headers_msg("/v1/chat/completions", x_request_id="rid-end"))
+        routed = await exchange(call, body_msg(chat()))
+        assert routed.WhichOneof("response") == "request_body"
+        assert await call.read() == grpc.aio.EOF
+        assert await call.code() == grpc.StatusCode.OK
+        assert sum(h.in_flight().values()) == 1  # still in flight: the request goes on in Envoy

@@ -119,3 +119,19 @@ def test_unknown_ids_are_ignored_and_unanswered_requests_are_abandoned_after_the
     book.stream_ended(lc2)  # expiry runs as entries are added
     assert observer.seen == [(lc.endpoint.name, "unknown")] and len(book) == 1
     assert not book.resolve("r6", 200, lc.endpoint.address)  # too late: already abandoned
+
+
+def test_handed_over_request_stays_in_flight_until_its_entry_or_the_ttl() -> None:
+    ds, director, _, clock, observer, _ = setup()
+    book = OutcomeBook(ttl_s=5.0, clock=clock, in_flight_ttl_s=100.0)
+    lc = routed(director, book, "h1")
+    book.handed_over(lc)
+    assert ds.get(lc.endpoint.name).in_flight == 1 and len(book) == 1
+    assert book.resolve("h1", 200, lc.endpoint.address)
+    assert ds.get(lc.endpoint.name).in_flight == 0 and len(book) == 0
+    lost = routed(director, book, "h2")
+    book.handed_over(lost)
+    clock.now += 101.0
+    book.handed_over(routed(director, book, "h3"))  # any later request expires the lost entry
+    assert not lost.in_attempt and observer.seen[-1] == (lost.endpoint.name, "unknown")
+    assert sum(s.in_flight for s in (ds.get(e.name) for e in ds.endpoints())) == 1  # only h3

@@ -22,8 +22,10 @@ from types import TracebackType
 import httpx
 
 from bench.envoy_stack.processes import Child, StackError, find_envoy_binary
+from epp import limits
 from epp.envoy_gateway.config import EnvoyConfigOptions, ResolvedPool, render_yaml
 from epp.envoy_gateway.config import resolve_pool as resolve_pool_config
+from epp.routes import AllowedRoutes
 
 _SERVE_READY = re.compile(r"epp serving: ext_proc grpc [^ ]+:(\d+), http [^ ]+:(\d+)")
 
@@ -47,6 +49,16 @@ class StackOptions:
     wait_for_pods: bool = True  # start() also waits for epp's /readyz (a pod scraped), not only for startup
     serve_args: Sequence[str] = field(default_factory=tuple)  # more `epp serve` flags, e.g. ("--seed", "1")
     startup_timeout_s: float = 30.0
+    # What a client may send (epp/limits.py defaults; `epp serve` gets the same body limit).
+    allowed_routes: AllowedRoutes = field(default_factory=AllowedRoutes)
+    max_body_bytes: int = limits.DEFAULT_MAX_BODY_BYTES
+    max_header_bytes: int = limits.DEFAULT_MAX_HEADER_BYTES
+    max_headers: int = limits.DEFAULT_MAX_HEADERS
+    header_timeout_s: float = limits.DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = limits.DEFAULT_BODY_TIMEOUT_S
+    idle_timeout_s: float = limits.DEFAULT_IDLE_TIMEOUT_S
+    stream_idle_timeout_s: float | None = None  # None: every attempt's upstream idle timeout + 10 s
+    message_timeout_s: float = 5.0  # Envoy's wait for one ext_proc answer
 
 
 def resolve_pool(options: StackOptions) -> ResolvedPool:
@@ -101,6 +113,7 @@ class EnvoyStack:
         argv = [sys.executable, "-m", "epp.cli", "serve", "--host", "127.0.0.1"]
         argv += ["--grpc-port", str(opts.grpc_port), "--http-port", "0"]
         argv += ["--fallback-endpoints", str(opts.fallback_endpoints)]
+        argv += ["--max-body-bytes", str(opts.max_body_bytes)]
         for path in opts.config_paths:
             argv += ["--config", str(path)]
         if opts.endpoints:
@@ -123,6 +136,15 @@ class EnvoyStack:
             fail_open=self.pool.fail_open,
             num_retries=opts.num_retries,
             upstream_idle_timeout_s=opts.upstream_idle_timeout_s,
+            message_timeout_s=opts.message_timeout_s,
+            allowed_routes=opts.allowed_routes,
+            max_body_bytes=opts.max_body_bytes,
+            max_header_bytes=opts.max_header_bytes,
+            max_headers=opts.max_headers,
+            header_timeout_s=opts.header_timeout_s,
+            body_timeout_s=opts.body_timeout_s,
+            idle_timeout_s=opts.idle_timeout_s,
+            stream_idle_timeout_s=opts.stream_idle_timeout_s,
         )
         config_path = self._path("envoy.yaml")
         config_path.write_text(render_yaml(config), "utf-8")

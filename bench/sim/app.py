@@ -1,8 +1,15 @@
-"""The HTTP face of one simulated pod: a raw ASGI app routing OpenAI, /metrics, /health and /sim/* admin."""
+"""The HTTP face of one simulated pod: a raw ASGI app routing OpenAI, /metrics, /health and /sim/* admin.
+
+With an `api_key` it checks it the way vLLM's `--api-key` does: every /v1 route needs
+`Authorization: Bearer <key>` (scheme in any case) or gets 401 `{"error": "Unauthorized"}`; /metrics, /health
+and the /sim/* admin routes stay open, as does any OPTIONS request.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from typing import Any
 
 import orjson
@@ -24,6 +31,8 @@ from bench.sim.pod import SimPod
 from bench.sim.protocol import ApiError, parse_chat, parse_completion
 
 INFERENCE_PATHS = {"/v1/completions": parse_completion, "/v1/chat/completions": parse_chat}
+GUARDED_PREFIX = "/v1"  # what vLLM's --api-key protects (its /metrics and /health stay open)
+UNAUTHORIZED_BODY = orjson.dumps({"error": "Unauthorized"})  # vLLM's AuthenticationMiddleware answer
 
 
 async def _hang_until_cleared(pod: SimPod, receive: Receive) -> bool:
@@ -73,8 +82,22 @@ def state_view(pod: SimPod) -> dict[str, Any]:
 class PodApp:
     """ASGI application of one pod."""
 
-    def __init__(self, pod: SimPod) -> None:
+    def __init__(self, pod: SimPod, api_key: str | None = None) -> None:
         self.pod = pod
+        self._key_digest = None if api_key is None else hashlib.sha256(api_key.encode()).digest()
+        self.unauthorized = 0  # requests refused for a missing or wrong key
+
+    def _authorized(self, scope: Scope) -> bool:
+        """vLLM's check: an `Authorization` header "Bearer <key>" (any case of the scheme) with the key."""
+        if self._key_digest is None or scope.get("method") == "OPTIONS":
+            return True
+        if not scope["path"].startswith(GUARDED_PREFIX):
+            return True
+        value = next((v for k, v in scope["headers"] if k.lower() == b"authorization"), b"")
+        scheme, _, token = value.decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(hashlib.sha256(token.encode("latin-1")).digest(), self._key_digest)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -83,6 +106,10 @@ class PodApp:
             await send({"type": "lifespan.shutdown.complete"})
             return
         if scope["type"] != "http":
+            return
+        if not self._authorized(scope):
+            self.unauthorized += 1
+            await send_response(send, 401, UNAUTHORIZED_BODY)
             return
         try:
             await self._route(scope, receive, send)

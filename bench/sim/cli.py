@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from typing import Any
@@ -26,6 +27,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--served-model-name", default=None, help="model name (default: the profile's model)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--log-level", default="warning")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require `Authorization: Bearer KEY` on /v1 like vLLM's --api-key (default: env VLLM_API_KEY)",
+    )
     p.set_defaults(func=run)
 
 
@@ -45,6 +51,7 @@ async def _serve(args: argparse.Namespace) -> None:
         host=args.host,
         base_port=args.base_port,
         log_level=args.log_level,
+        api_key=args.api_key if args.api_key is not None else os.environ.get("VLLM_API_KEY"),
     )
     async with fleet:
         for i, url in enumerate(fleet.urls):

@@ -56,7 +56,8 @@ class SimFleet:
     """`async with SimFleet(pods=4, profile="tiny") as fleet:` serves pods at `fleet.urls` until exit.
 
     Pod i gets seed `seed + i` and port `base_port + i` (any free port when base_port is 0). `fleet.pods[i]`
-    is the pod's handle: `.fault.set("error")`, `.restart()`, `.engine` for inspection.
+    is the pod's handle: `.fault.set("error")`, `.restart()`, `.engine` for inspection. With `api_key` every
+    pod requires it on /v1 like vLLM's `--api-key` (`fleet.apps[i].unauthorized` counts requests refused).
     """
 
     def __init__(
@@ -72,6 +73,7 @@ class SimFleet:
         host: str = "127.0.0.1",
         base_port: int = 0,
         log_level: str = "warning",
+        api_key: str | None = None,
     ) -> None:
         if pods < 1:
             raise ValueError(f"a fleet needs at least one pod, got {pods}")
@@ -92,6 +94,7 @@ class SimFleet:
             )
             for i in range(pods)
         ]
+        self.apps = [PodApp(pod, api_key=api_key) for pod in self.pods]
         self._base_port = base_port
         self._log_level = log_level
         self._servers: list[_EmbeddedServer] = []
@@ -104,11 +107,11 @@ class SimFleet:
 
     async def start(self) -> None:
         """Bind every pod's port and start serving; returns once all accept connections."""
-        for i, pod in enumerate(self.pods):
+        for i, (pod, app) in enumerate(zip(self.pods, self.apps, strict=True)):
             sock = bind_socket(self.host, self._base_port + i if self._base_port else 0)
             self.endpoints.append(PodEndpoint(self.host, sock.getsockname()[1]))
             config = uvicorn.Config(
-                PodApp(pod),
+                app,
                 lifespan="off",
                 log_level=self._log_level,
                 access_log=False,

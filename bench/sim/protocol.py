@@ -60,7 +60,9 @@ def _common(body: dict[str, Any], chat: bool) -> dict[str, Any]:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise ApiError(400, "model must be a string.", "model")
-    stream = body.get("stream", False)
+    stream = body.get("stream")
+    if stream is None:  # null is the API's default, as vLLM reads it
+        stream = False
     if not isinstance(stream, bool):
         raise ApiError(400, "stream must be a boolean.", "stream")
     options = body.get("stream_options")

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 from pathlib import Path
 
-from epp.config.errors import ConfigError
+from epp.config.errors import ConfigError, ConfigIssue, DocumentRef
 from epp.config.loader import load_config
 from epp.config.result import EppConfig
 from epp.config.routing_strategy import RoutingStrategy
+from epp.datastore import Datastore
+from epp.scheduling.builder import build_scheduler
+from epp.scheduling.plugins import PluginConfigError
+from scorers.builtin import default_registry
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,11 +32,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run_check(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.files, dict(os.environ), strategy=args.strategy)
+        check_scheduler(config)
     except ConfigError as exc:
         print(f"epp check-config: {exc}", file=sys.stderr)
         return 2
     print(summarize(config))
     return 0
+
+
+def check_scheduler(config: EppConfig) -> None:
+    """Build the scheduler as `epp serve` and `epp gateway` do (epp.core.PickerCore), so that a config they
+    reject (unknown plugin type, bad parameters, a profile without a picker) fails here the same way."""
+    try:
+        build_scheduler(config.picker_config, Datastore(), default_registry(), random.Random())
+    except PluginConfigError as exc:
+        where = ", ".join(str(s) for s in config.sources) or "--strategy"
+        issue = ConfigIssue(DocumentRef(where, kind="EndpointPickerConfig"), str(exc))
+        raise ConfigError([issue], config.redactor) from None
 
 
 def summarize(config: EppConfig) -> str:

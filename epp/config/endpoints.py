@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from epp.config.errors import ConfigError, ConfigIssue, DocumentRef, show_value
@@ -26,7 +28,7 @@ def parse_address(text: str) -> tuple[str, int]:
         raise ValueError("IPv6 addresses need brackets, e.g. [::1]:8000")
     if any(c.isspace() for c in host):
         raise ValueError("host must not contain spaces")
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise ValueError("port must be a number in 1..65535")
     return host, int(port_text)
 
@@ -65,10 +67,9 @@ def parse_endpoints(text: str, source: str = "--endpoints") -> list[Endpoint]:
 
 
 def _duplicate_name_reasons(endpoints: list[Endpoint]) -> list[str]:
-    names = [e.name for e in endpoints]
+    counts = Counter(e.name for e in endpoints)
     return [
-        f"endpoint name {show_value(n)} is used twice"
-        for n in sorted({n for n in names if names.count(n) > 1})
+        f"endpoint name {show_value(n)} is used twice" for n in sorted(n for n, c in counts.items() if c > 1)
     ]
 
 

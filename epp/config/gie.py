@@ -7,10 +7,12 @@ every field epp needs is required and checked. GIE v1's InferencePool shape (`ta
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Literal
 
 from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from epp.config.numbers import StrictInt
 from epp.config.routing_strategy import DEFAULT_STRATEGY, STRATEGY_ANNOTATION, RoutingStrategy
 from epp.scheduling.types import Criticality
 
@@ -45,7 +47,7 @@ class ExtensionRef(BaseModel):
     name: str = Field(min_length=1)
     group: str | None = None
     kind: str | None = None
-    port_number: int | None = Field(
+    port_number: StrictInt | None = Field(
         default=None, ge=1, le=65535, validation_alias=AliasChoices("portNumber", "port", "port_number")
     )
     failure_mode: Literal["FailOpen", "FailClose"] | None = Field(default=None, alias="failureMode")
@@ -60,7 +62,7 @@ class InferencePoolSpec(BaseModel):
     model_config = _LENIENT
 
     selector: dict[str, str]
-    target_port_number: int = Field(ge=1, le=65535, alias="targetPortNumber")
+    target_port_number: StrictInt = Field(ge=1, le=65535, alias="targetPortNumber")
     extension_ref: ExtensionRef | None = Field(
         default=None, validation_alias=AliasChoices("extensionRef", "endpointPickerRef", "extension_ref")
     )
@@ -119,7 +121,7 @@ class TargetModel(BaseModel):
     model_config = _LENIENT
 
     name: str = Field(min_length=1)
-    weight: int | None = Field(default=None, ge=0, le=1_000_000)
+    weight: StrictInt | None = Field(default=None, ge=0, le=1_000_000)
 
 
 class InferenceModelSpec(BaseModel):
@@ -147,7 +149,7 @@ class InferenceModelSpec(BaseModel):
         if not targets:
             return targets
         names = [t.name for t in targets]
-        repeated = sorted({n for n in names if names.count(n) > 1})
+        repeated = sorted(n for n, count in Counter(names).items() if count > 1)
         if repeated:
             raise ValueError(f"target names must be unique, repeated: {', '.join(repeated)}")
         weighted = [t.weight is not None for t in targets]

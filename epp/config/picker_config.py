@@ -3,10 +3,12 @@ saturation detector they share."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from epp.config.numbers import FiniteFloat
 from epp.health.outlier_settings import OutlierDetectionSpec
 
 
@@ -30,7 +32,7 @@ class ProfilePluginRef(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     plugin_ref: str = Field(alias="pluginRef")
-    weight: float = Field(default=1.0, ge=0)
+    weight: FiniteFloat = Field(default=1.0, ge=0)
 
 
 class SchedulingProfileSpec(BaseModel):
@@ -49,7 +51,7 @@ class SaturationDetectorSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     queue_depth_threshold: int = Field(default=5, ge=1, strict=True, alias="queueDepthThreshold")
-    kv_cache_util_threshold: float = Field(default=0.8, gt=0.0, le=1.0, alias="kvCacheUtilThreshold")
+    kv_cache_util_threshold: FiniteFloat = Field(default=0.8, gt=0.0, le=1.0, alias="kvCacheUtilThreshold")
 
 
 class EndpointPickerConfig(BaseModel):
@@ -66,11 +68,12 @@ class EndpointPickerConfig(BaseModel):
     @model_validator(mode="after")
     def _refs_resolve(self) -> EndpointPickerConfig:
         names = [p.name for p in self.plugins]
-        dup = {n for n in names if names.count(n) > 1}
+        dup = {n for n, count in Counter(names).items() if count > 1}
         if dup:
             raise ValueError(f"plugin names must be unique, repeated: {sorted(dup)}")
+        defined = set(names)
         for profile in self.scheduling_profiles:
             for ref in profile.plugins:
-                if ref.plugin_ref not in names:
+                if ref.plugin_ref not in defined:
                     raise ValueError(f"profile {profile.name!r} refers to unknown plugin {ref.plugin_ref!r}")
         return self

@@ -7,8 +7,12 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import TypedDict
 
+from epp import limits
+from epp.config.cli_types import non_negative_int, port, positive_int, positive_seconds
 from epp.config.routing_strategy import RoutingStrategy
+from epp.routes import DEFAULT_ROUTES, AllowedRoutes, RouteSpecError, parse_routes
 
 
 def _pool_flags(p: argparse.ArgumentParser) -> None:
@@ -18,7 +22,7 @@ def _pool_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--strategy", choices=[s.value for s in RoutingStrategy], default=None)
     p.add_argument("--host", default="127.0.0.1", help="Envoy listener address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="Envoy listener port (default 8080; 0: any free)")
+    p.add_argument("--port", type=port, default=8080, help="Envoy listener port (default 8080; 0: any free)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--fail-open",
@@ -34,14 +38,106 @@ def _pool_flags(p: argparse.ArgumentParser) -> None:
         const=False,
         help="when epp is down or fails, answer 502 (the default without a FailOpen pool)",
     )
-    p.add_argument("--retries", type=int, default=2, help="retries on another pod before any response byte")
+    p.add_argument(
+        "--retries", type=non_negative_int, default=2, help="retries on another pod before any response byte"
+    )
     p.add_argument(
         "--upstream-idle-timeout",
-        type=float,
+        type=positive_seconds,
         default=300.0,
         help="seconds a pod may stay silent (before or during its answer) before the attempt fails and, "
         "if nothing reached the client yet, is retried elsewhere (default 300)",
     )
+    _limit_flags(p)
+
+
+def _routes(text: str) -> AllowedRoutes:
+    try:
+        return parse_routes(text)
+    except RouteSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _limit_flags(p: argparse.ArgumentParser) -> None:
+    """What a client may send (epp/limits.py; the table in docs/envoy.md)."""
+    default_routes = ",".join(str(r) for r in DEFAULT_ROUTES)
+    p.add_argument(
+        "--allowed-routes",
+        type=_routes,
+        default=AllowedRoutes(),
+        metavar="'METHOD /path,...'",
+        help=f"the only routes that reach a pod; other paths 404, other methods 405 (default "
+        f"{default_routes})",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=positive_int,
+        default=limits.DEFAULT_MAX_BODY_BYTES,
+        help="largest request body; bigger ones get 413 (default 10 MiB; epp serve is given the same)",
+    )
+    p.add_argument(
+        "--max-header-bytes",
+        type=positive_int,
+        default=limits.DEFAULT_MAX_HEADER_BYTES,
+        help="all request headers together, rounded up to KiB; beyond: 431 (default 64 KiB)",
+    )
+    p.add_argument(
+        "--max-headers",
+        type=positive_int,
+        default=limits.DEFAULT_MAX_HEADERS,
+        help="request header count; beyond: 431 (default 100)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=positive_seconds,
+        default=limits.DEFAULT_HEADER_TIMEOUT_S,
+        help="seconds a client has to send its headers; then 408 (default 10)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=positive_seconds,
+        default=limits.DEFAULT_BODY_TIMEOUT_S,
+        help="seconds more for the whole request (Envoy's request_timeout = header + body); then 408 "
+        "(default 30)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=positive_seconds,
+        default=limits.DEFAULT_IDLE_TIMEOUT_S,
+        help="seconds a keep-alive connection with no request open stays open (default 60)",
+    )
+    p.add_argument(
+        "--stream-idle-timeout",
+        type=positive_seconds,
+        default=None,
+        help="seconds a request may see no byte either way before Envoy ends it (default: every attempt's "
+        "--upstream-idle-timeout plus 10 s)",
+    )
+
+
+class LimitOptions(TypedDict):
+    allowed_routes: AllowedRoutes
+    max_body_bytes: int
+    max_header_bytes: int
+    max_headers: int
+    header_timeout_s: float
+    body_timeout_s: float
+    idle_timeout_s: float
+    stream_idle_timeout_s: float | None
+
+
+def limit_options(args: argparse.Namespace) -> LimitOptions:
+    """The limit flags as EnvoyConfigOptions / StackOptions fields."""
+    return {
+        "allowed_routes": args.allowed_routes,
+        "max_body_bytes": args.max_body_bytes,
+        "max_header_bytes": args.max_header_bytes,
+        "max_headers": args.max_headers,
+        "header_timeout_s": args.header_timeout,
+        "body_timeout_s": args.body_timeout,
+        "idle_timeout_s": args.idle_timeout,
+        "stream_idle_timeout_s": args.stream_idle_timeout,
+    }
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,20 +146,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     up = sub.add_parser("up", help="start epp serve and Envoy for a pool; stop both on SIGINT/SIGTERM")
     _pool_flags(up)
-    up.add_argument("--grpc-port", type=int, default=0, help="epp ext_proc port (default 0: any free)")
+    up.add_argument("--grpc-port", type=port, default=0, help="epp ext_proc port (default 0: any free)")
     up.add_argument(
-        "--fallback-endpoints", type=int, default=2, help="retry addresses epp lists after its pick"
+        "--fallback-endpoints",
+        type=non_negative_int,
+        default=2,
+        help="retry addresses epp lists after its pick",
     )
-    up.add_argument("--concurrency", type=int, default=None, help="Envoy worker threads (default: per core)")
+    up.add_argument(
+        "--concurrency", type=positive_int, default=None, help="Envoy worker threads (default: per core)"
+    )
     up.add_argument("--envoy-log-level", default="warning", help="Envoy's --log-level (default warning)")
     up.set_defaults(func=run_up)
 
     config = sub.add_parser("config", help="print the Envoy YAML for a pool and an ext_proc address")
     _pool_flags(config)
-    config.add_argument("--grpc-port", type=int, default=9002, help="epp ext_proc port (default 9002)")
+    config.add_argument("--grpc-port", type=port, default=9002, help="epp ext_proc port (default 9002)")
     config.add_argument("--grpc-host", default="127.0.0.1", help="epp ext_proc address (default 127.0.0.1)")
     config.add_argument(
-        "--admin-port", type=int, default=9901, help="Envoy admin port on 127.0.0.1 (default 9901)"
+        "--admin-port", type=port, default=9901, help="Envoy admin port on 127.0.0.1 (default 9901)"
     )
     config.set_defaults(func=run_config)
 
@@ -85,6 +186,7 @@ def run_config(args: argparse.Namespace) -> int:
                 fail_open=pool.fail_open,
                 num_retries=args.retries,
                 upstream_idle_timeout_s=args.upstream_idle_timeout,
+                **limit_options(args),
             )
         )
     except (ConfigError, EnvoyConfigError) as exc:
@@ -110,6 +212,7 @@ def run_up(args: argparse.Namespace) -> int:
         fallback_endpoints=args.fallback_endpoints,
         num_retries=args.retries,
         upstream_idle_timeout_s=args.upstream_idle_timeout,
+        **limit_options(args),
         envoy_concurrency=args.concurrency,
         envoy_log_level=args.envoy_log_level,
     )

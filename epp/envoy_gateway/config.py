@@ -1,12 +1,13 @@
 """Render the Envoy bootstrap that puts epp's ext_proc picker in front of one pool of vLLM pods.
 
-Every request passes the ext_proc filter (request headers and the buffered body go to `epp serve`;
-response headers too, so epp sees the response start; response bodies never do, so streams are not
-buffered). epp answers with dynamic metadata `envoy.lb/x-gateway-destination-endpoint` =
+Every allowed request (epp/routes.py; others get JSON 404/405, vhost.py) passes the ext_proc filter
+(request headers and the buffered body go to `epp serve`; nothing of the response does, so streams are not
+buffered, and epp ends the ext_proc stream once it routed: a picker restart does not touch routed requests).
+epp answers with dynamic metadata `envoy.lb/x-gateway-destination-endpoint` =
 `ip:port[,ip:port...]`, which the pool cluster's `override_host` load-balancing policy follows: the first
 address serves the request, the others serve retries (connect failures, resets and refused streams before
 any response byte), then the fallback policy (least request) does. Envoy's own error replies are rendered
-as OpenAI-style JSON errors.
+as OpenAI-style JSON errors (replies.py); the client limits come from epp/limits.py.
 """
 
 from __future__ import annotations
@@ -20,13 +21,18 @@ from typing import Any
 
 import yaml
 
+from epp import limits
 from epp.config import load_config, parse_endpoints
+from epp.envoy_gateway import replies
+from epp.envoy_gateway.vhost import render_routes
+from epp.routes import AllowedRoutes
 from epp.servers.extproc_messages import DESTINATION_HEADER, DESTINATION_METADATA_NAMESPACE, SERVED_BY_HEADER
 
 POOL_CLUSTER = "inference_pool"
 EXTPROC_CLUSTER = "epp_extproc"
-EXTPROC_ERROR_STATUS = 502  # what a failing epp (fail-closed) answers: Bad Gateway
-DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024  # the same limit `epp serve` applies
+EXTPROC_ERROR_STATUS = replies.EXTPROC_ERROR_STATUS
+DEFAULT_MAX_BODY_BYTES = limits.DEFAULT_MAX_BODY_BYTES  # the same limit `epp serve` applies
+_GRPC_HEADROOM = 1024 * 1024  # an ext_proc message is the body plus headers and framing
 _T = "type.googleapis.com/envoy."
 
 
@@ -50,6 +56,15 @@ class EnvoyConfigOptions:
     num_retries: int = 2
     connect_timeout_s: float = 1.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    allowed_routes: AllowedRoutes = field(default_factory=AllowedRoutes)
+    max_header_bytes: int = limits.DEFAULT_MAX_HEADER_BYTES  # rendered in KiB, rounded up
+    max_headers: int = limits.DEFAULT_MAX_HEADERS
+    header_timeout_s: float = limits.DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = limits.DEFAULT_BODY_TIMEOUT_S  # after the headers: request_timeout is the sum
+    idle_timeout_s: float = limits.DEFAULT_IDLE_TIMEOUT_S  # a connection with no request open
+    # No activity on a stream in either direction for this long ends it (408 before the answer started).
+    # None: long enough for every attempt to use its per-try idle timeout (retries need that).
+    stream_idle_timeout_s: float | None = None
     extra_retry_on: tuple[str, ...] = field(default_factory=tuple)
     # No byte from the pod for this long (before or during the answer): the attempt fails, and before any
     # byte went to the client Envoy retries on the next fallback. A non-streamed answer comes all at once.
@@ -96,6 +111,33 @@ def split_endpoint(address: str) -> tuple[str, int]:
     return host, port
 
 
+def stream_idle_timeout(options: EnvoyConfigOptions) -> float:
+    """The rendered stream_idle_timeout: the option, else every attempt's idle timeout plus 10 s."""
+    if options.stream_idle_timeout_s is not None:
+        return options.stream_idle_timeout_s
+    return options.upstream_idle_timeout_s * (options.num_retries + 1) + 10.0
+
+
+def _check(options: EnvoyConfigOptions) -> None:
+    if not options.endpoints:
+        raise EnvoyConfigError("the pool has no endpoints (give --endpoints or a StaticEndpoints document)")
+    if not 0 < options.max_body_bytes < 2**32 - _GRPC_HEADROOM:
+        raise EnvoyConfigError(f"max body bytes must be 1..4 GiB, got {options.max_body_bytes}")
+    if not 1024 <= options.max_header_bytes <= 8192 * 1024:  # Envoy's max_request_headers_kb: 1..8192
+        raise EnvoyConfigError(f"max header bytes must be 1 KiB..8 MiB, got {options.max_header_bytes}")
+    if options.max_headers < 1:
+        raise EnvoyConfigError(f"max headers must be >= 1, got {options.max_headers}")
+    timeouts = {
+        "header timeout": options.header_timeout_s,
+        "body timeout": options.body_timeout_s,
+        "idle timeout": options.idle_timeout_s,
+        "stream idle timeout": stream_idle_timeout(options),
+    }
+    for name, value in timeouts.items():
+        if value <= 0:  # Envoy reads 0 as "no timeout": a slow client could hold a stream forever
+            raise EnvoyConfigError(f"{name} must be > 0 s, got {value:g}")
+
+
 def _socket(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
@@ -111,7 +153,7 @@ def _policy(name: str, type_name: str, config: dict[str, Any] | None = None) -> 
 
 
 def _seconds(value: float) -> str:
-    return f"{value:g}s"
+    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"  # "0.05s", "910s" (never "1e+03s")
 
 
 def _pool_cluster(options: EnvoyConfigOptions) -> dict[str, Any]:
@@ -183,7 +225,13 @@ def _extproc_filter(options: EnvoyConfigOptions) -> dict[str, Any]:
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
             "@type": _T + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
-            "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
+            "grpc_service": {
+                "envoy_grpc": {
+                    "cluster_name": EXTPROC_CLUSTER,
+                    # A rewritten body comes back whole in one message (gRPC's default cap is 4 MiB).
+                    "max_receive_message_length": options.max_body_bytes + _GRPC_HEADROOM,
+                }
+            },
             "failure_mode_allow": options.fail_open,
             "status_on_error": {"code": EXTPROC_ERROR_STATUS},
             "message_timeout": _seconds(options.message_timeout_s),
@@ -192,8 +240,9 @@ def _extproc_filter(options: EnvoyConfigOptions) -> dict[str, Any]:
                 "request_body_mode": "BUFFERED",
                 "request_trailer_mode": "SKIP",
                 # Nothing of the response reaches epp over ext_proc (two messages per request, SSE not
-                # buffered): epp releases its in-flight count when Envoy closes the stream at the request's
-                # end, and learns the outcome from the access log (_access_log), batched.
+                # buffered). epp closes the stream once it answered the routing message, so Envoy carries
+                # on without ext_proc and a dying epp cannot fail the request; the in-flight release and
+                # the outcome come from the access log (_access_log), batched.
                 "response_header_mode": "SKIP",
                 "response_body_mode": "NONE",
                 "response_trailer_mode": "SKIP",
@@ -241,75 +290,35 @@ def _retry_policy(options: EnvoyConfigOptions) -> dict[str, Any]:
     }
 
 
-def _error_json(message: str, type_: str, code: str) -> dict[str, Any]:
-    return {"json_format": {"error": {"message": message, "type": type_, "param": None, "code": code}}}
-
-
-def _local_reply_config() -> dict[str, Any]:
-    """Envoy's own error replies as OpenAI-style JSON; epp's ImmediateResponses (already JSON) are left alone.
-
-    Envoy's upstream failures carry a response flag (UF, UH, URX, ...); a failed ext_proc call has none but
-    answers EXTPROC_ERROR_STATUS, which epp itself never uses.
-    """
-    too_large = {
-        "filter": _status_filter("EQ", 413),
-        "body_format_override": _error_json(
-            "Request body too large.", "invalid_request_error", "body_too_large"
-        ),
-    }
-    picker_failed = {
-        "filter": _status_filter("EQ", EXTPROC_ERROR_STATUS),
-        "body_format_override": _error_json(
-            "The endpoint picker is unavailable.", "service_unavailable", "endpoint_picker_unavailable"
-        ),
-    }
-    upstream_failed = {
-        "filter": {"and_filter": {"filters": [_status_filter("GE", 500), {"response_flag_filter": {}}]}},
-        "body_format_override": _error_json(
-            "The inference gateway could not reach a model server.",
-            "service_unavailable",
-            "upstream_unavailable",
-        ),
-    }
-    return {"mappers": [too_large, picker_failed, upstream_failed]}
-
-
-def _status_filter(op: str, status: int) -> dict[str, Any]:
-    return {"status_code_filter": {"comparison": {"op": op, "value": {"default_value": status}}}}
-
-
 def _listener(options: EnvoyConfigOptions) -> dict[str, Any]:
     route = {
         "cluster": POOL_CLUSTER,
         "timeout": "0s",  # generations can run for minutes; the stream idle timeout still applies
         "retry_policy": _retry_policy(options),
     }
+    # The pod that answered, as epp's own gateway says it (a fallback shows here).
+    served_by = {
+        "header": {"key": SERVED_BY_HEADER, "value": "%UPSTREAM_REMOTE_ADDRESS%"},
+        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+    }
+    routes = render_routes(options.allowed_routes, route, options.max_body_bytes, served_by)
     hcm = {
         "@type": _T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "epp_gateway",
         "codec_type": "AUTO",
+        # Slow or oversized clients (limits.py): headers within header_timeout, the whole request within
+        # header + body timeout, at most max_header_bytes / max_headers of headers.
+        "max_request_headers_kb": -(-options.max_header_bytes // 1024),
+        "request_headers_timeout": _seconds(options.header_timeout_s),
+        "request_timeout": _seconds(options.header_timeout_s + options.body_timeout_s),
+        "stream_idle_timeout": _seconds(stream_idle_timeout(options)),
+        "common_http_protocol_options": {
+            "idle_timeout": _seconds(options.idle_timeout_s),
+            "max_headers_count": options.max_headers,
+        },
         "route_config": {
             "name": "inference",
-            "virtual_hosts": [
-                {
-                    "name": "pool",
-                    "domains": ["*"],
-                    "routes": [
-                        {
-                            "match": {"prefix": "/"},
-                            "route": route,
-                            "request_body_buffer_limit": options.max_body_bytes,
-                            # The pod that answered, as epp's own gateway says it (a fallback shows here).
-                            "response_headers_to_add": [
-                                {
-                                    "header": {"key": SERVED_BY_HEADER, "value": "%UPSTREAM_REMOTE_ADDRESS%"},
-                                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                                }
-                            ],
-                        }
-                    ],
-                }
-            ],
+            "virtual_hosts": [{"name": "pool", "domains": ["*"], "routes": routes}],
         },
         "http_filters": [
             _extproc_filter(options),
@@ -318,7 +327,7 @@ def _listener(options: EnvoyConfigOptions) -> dict[str, Any]:
                 "typed_config": {"@type": _T + "extensions.filters.http.router.v3.Router"},
             },
         ],
-        "local_reply_config": _local_reply_config(),
+        "local_reply_config": replies.local_reply_config(options.max_body_bytes),
         "access_log": [_access_log(options)],
     }
     return {
@@ -332,8 +341,7 @@ def _listener(options: EnvoyConfigOptions) -> dict[str, Any]:
 
 def render_config(options: EnvoyConfigOptions) -> dict[str, Any]:
     """The Envoy bootstrap (v3) as a dict, ready for YAML or JSON."""
-    if not options.endpoints:
-        raise EnvoyConfigError("the pool has no endpoints (give --endpoints or a StaticEndpoints document)")
+    _check(options)
     return {
         "admin": {"address": _socket(options.admin_host, options.admin_port)},
         "static_resources": {

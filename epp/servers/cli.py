@@ -8,7 +8,15 @@ import os
 import sys
 
 from epp import event_loop
-from epp.picker_cli import add_picker_arguments, configure_logging, picker_option_values
+from epp.config.cli_types import port
+from epp.limits import DEFAULT_MAX_BODY_BYTES
+from epp.picker_cli import (
+    add_picker_arguments,
+    add_pod_key_arguments,
+    configure_logging,
+    picker_option_values,
+)
+from epp.pod_auth import PodKeyError, load_pod_credentials
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -18,8 +26,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Run the endpoint picker: Envoy ext_proc on --grpc-port; /pick, /metrics on --http-port.",
     )
     add_picker_arguments(p)
-    p.add_argument("--grpc-port", type=int, default=9002, help="ext_proc gRPC port (default 9002)")
-    p.add_argument("--http-port", type=int, default=9003, help="HTTP port for /pick, /metrics (default 9003)")
+    add_pod_key_arguments(p)
+    p.add_argument("--grpc-port", type=port, default=9002, help="ext_proc gRPC port (default 9002)")
+    p.add_argument(
+        "--http-port", type=port, default=9003, help="HTTP port for /pick, /metrics (default 9003)"
+    )
     p.add_argument(
         "--fallback-endpoints",
         type=_non_negative,
@@ -27,7 +38,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="N",
         help="ext_proc: list up to N more candidates after the pick, for Envoy's retries (default 0)",
     )
+    p.add_argument(
+        "--max-body-bytes",
+        type=_positive,
+        default=DEFAULT_MAX_BODY_BYTES,
+        metavar="N",
+        help="ext_proc and /pick: largest request body; bigger ones get 413 (default 10 MiB, as Envoy's)",
+    )
     p.set_defaults(func=run_serve)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _non_negative(text: str) -> int:
@@ -44,11 +69,18 @@ def run_serve(args: argparse.Namespace) -> int:
     from epp.servers.extproc import SlowProtobufError
 
     configure_logging(args.log_level)
+    try:  # the pods' API key, read once; the error names the file or variable, never the key
+        pod_credentials = load_pod_credentials(args.pod_api_key_file, os.environ)
+    except PodKeyError as exc:
+        print(f"epp serve: {exc}", file=sys.stderr)
+        return 2
     options = ServeOptions(
         **picker_option_values(args),
+        pod_credentials=pod_credentials,
         grpc_port=args.grpc_port,
         http_port=args.http_port,
         fallback_endpoints=args.fallback_endpoints,
+        max_body_bytes=args.max_body_bytes,
     )
     try:
         app = build_app(options, env=dict(os.environ))

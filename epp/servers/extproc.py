@@ -9,11 +9,15 @@ first, then up to N more pods chosen the way a retry is (scheduling again withou
 candidates before prefix affinity): Envoy's override_host load balancer retries on them when the pick fails.
 Pick errors become an ImmediateResponse with an OpenAI-style JSON body.
 
-Everything else is the request's lifecycle (epp.requestcontrol): the pick is in flight from the decision
-until the stream ends. How the request went comes from Envoy's gRPC access log, served on the same port
-(epp/servers/outcomes.py): the status and which pod answered. When that is a fallback, the pick failed (a
+Once it sent the routing (or error) answer, epp ends the gRPC stream (`end_after_route`, the default): Envoy
+then carries on without ext_proc, so a picker that dies or restarts later cannot fail a request it already
+routed (Envoy fails only streams still open: fail-closed answers 502 mid-request). The pick stays in flight
+until Envoy's gRPC access log, served on the same port (epp/servers/outcomes.py), reports the request over:
+the status and which pod answered. With `end_after_route=False` the stream stays open for the whole request
+and its end releases the in-flight count. When the pod that served is a fallback, the pick failed (a
 gateway error for outlier detection) and the prefix index moves to the pod that served; an answer of Envoy's
-own (no pod address) is a failure of the pick. If Envoy is configured to send response headers instead,
+own (no pod address) is a failure of the pick. If Envoy is configured to send response headers instead
+(with `end_after_route=False`),
 their `:status` and `x-epp-endpoint` (the pod that answered; the rendered route adds it) are used the same
 way. Request trailers are answered with CONTINUE and do not trigger routing.
 """
@@ -30,7 +34,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf.internal import api_implementation  # type: ignore[import-untyped]
 
+from epp.limits import DEFAULT_MAX_BODY_BYTES
 from epp.picking import error_reply
+from epp.pod_auth import PodCredentials
 from epp.request import RequestError
 from epp.requestcontrol.director import Director
 from epp.requestcontrol.lifecycle import RequestLifecycle
@@ -40,7 +46,7 @@ from epp.servers.outcomes import AccessLogReceiver, OutcomeBook
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+_GRPC_HEADROOM = 1024 * 1024  # one ext_proc message is the body plus headers and framing
 
 
 class SlowProtobufError(RuntimeError):
@@ -93,6 +99,8 @@ class ExtProcServicer:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         fallback_endpoints: int = 0,
         book: OutcomeBook | None = None,
+        pod_credentials: PodCredentials | None = None,
+        end_after_route: bool = True,
     ) -> None:
         if fallback_endpoints < 0:
             raise ValueError(f"fallback_endpoints must be >= 0, got {fallback_endpoints}")
@@ -100,6 +108,8 @@ class ExtProcServicer:
         self._director = director
         self._max_body_bytes = max_body_bytes
         self._fallback_endpoints = fallback_endpoints
+        self._pod_credentials = pod_credentials  # routed requests get the pod key (extproc_messages)
+        self._end_after_route = end_after_route
 
     async def Process(
         self,
@@ -116,6 +126,13 @@ class ExtProcServicer:
                 response = self._handle(stream, request)
                 if response is not None:
                     await context.write(response)
+                if stream.routed and self._end_after_route:
+                    # Returning closes the stream with OK: Envoy skips ext_proc for the rest of the request.
+                    # The book holds the pick in flight until its access-log entry (or its TTL).
+                    if stream.lifecycle is not None:
+                        self.book.handed_over(stream.lifecycle)
+                        stream.lifecycle = None
+                    return
         finally:
             stream.end()
 
@@ -206,8 +223,8 @@ class ExtProcServicer:
         lifecycle.send()
         destination = ",".join([lifecycle.endpoint.address, *(e.address for e in fallbacks)])
         if on_headers:
-            return msg.route_on_headers(destination)
-        return msg.route_on_body(destination, lifecycle.rewritten_body)
+            return msg.route_on_headers(destination, self._pod_credentials)
+        return msg.route_on_body(destination, lifecycle.rewritten_body, self._pod_credentials)
 
 
 def _error(exc: Exception) -> pb.ProcessingResponse:
@@ -225,17 +242,27 @@ class ExtProcServer:
         port: int = 9002,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         fallback_endpoints: int = 0,
+        pod_credentials: PodCredentials | None = None,
+        end_after_route: bool = True,
     ) -> None:
         self.host = host
         self.port = port
-        self._servicer = ExtProcServicer(director, max_body_bytes, fallback_endpoints)
+        self._max_message_bytes = max_body_bytes + _GRPC_HEADROOM
+        self._servicer = ExtProcServicer(
+            director,
+            max_body_bytes,
+            fallback_endpoints,
+            pod_credentials=pod_credentials,
+            end_after_route=end_after_route,
+        )
         self._access_log = AccessLogReceiver(self._servicer.book)
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> int:
         """Start serving; returns the bound port. Raises SlowProtobufError without a C protobuf backend."""
         impl = require_fast_protobuf()
-        server = grpc.aio.server()
+        # gRPC's default 4 MiB cap would refuse a body below max_body_bytes (Envoy: 502, or no pick).
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", self._max_message_bytes)])
         pb_grpc.add_ExternalProcessorServicer_to_server(self._servicer, server)
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(self._access_log, server)
         host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host

@@ -1,4 +1,8 @@
-"""Builders for the ext_proc ProcessingResponse messages epp sends to Envoy."""
+"""Builders for the ext_proc ProcessingResponse messages epp sends to Envoy.
+
+With pod credentials (epp.pod_auth) a routing answer also overwrites `authorization` with the pod key and
+removes the client's `x-api-key`, so the client's credentials never reach a pod; without, they pass through.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2  # type: ignore[import-untyped]
+
+from epp.pod_auth import PodCredentials
 
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 DESTINATION_METADATA_NAMESPACE = "envoy.lb"
@@ -29,31 +35,40 @@ def _destination_metadata(address: str) -> struct_pb2.Struct:
     return metadata
 
 
-def _routing_common(address: str, new_body: bytes | None) -> pb.CommonResponse:
+def _routing_common(
+    address: str, new_body: bytes | None, pod_credentials: PodCredentials | None
+) -> pb.CommonResponse:
     headers = [_set_header(DESTINATION_HEADER, address)]
+    removed: tuple[str, ...] = ()
+    if pod_credentials is not None:
+        headers.extend(_set_header(name, value) for name, value in pod_credentials.set_headers())
+        removed = pod_credentials.removed_headers()
     body_mutation = None
     if new_body is not None:
         headers.append(_set_header("content-length", str(len(new_body))))
         body_mutation = pb.BodyMutation(body=new_body)
     return pb.CommonResponse(
-        header_mutation=pb.HeaderMutation(set_headers=headers),
+        header_mutation=pb.HeaderMutation(set_headers=headers, remove_headers=removed),
         body_mutation=body_mutation,
         clear_route_cache=True,
     )
 
 
-def route_on_headers(address: str) -> pb.ProcessingResponse:
-    """Answer to request headers of a bodyless request: route to `address`."""
+def route_on_headers(address: str, pod_credentials: PodCredentials | None = None) -> pb.ProcessingResponse:
+    """Answer to request headers of a bodyless request: route to `address` (with the pod key, if any)."""
     return pb.ProcessingResponse(
-        request_headers=pb.HeadersResponse(response=_routing_common(address, None)),
+        request_headers=pb.HeadersResponse(response=_routing_common(address, None, pod_credentials)),
         dynamic_metadata=_destination_metadata(address),
     )
 
 
-def route_on_body(address: str, new_body: bytes | None) -> pb.ProcessingResponse:
-    """Answer to the (last chunk of the) request body: route to `address`, replacing the body if rewritten."""
+def route_on_body(
+    address: str, new_body: bytes | None, pod_credentials: PodCredentials | None = None
+) -> pb.ProcessingResponse:
+    """Answer to the (last chunk of the) request body: route to `address`, replacing the body if rewritten
+    (with the pod key, if any)."""
     return pb.ProcessingResponse(
-        request_body=pb.BodyResponse(response=_routing_common(address, new_body)),
+        request_body=pb.BodyResponse(response=_routing_common(address, new_body, pod_credentials)),
         dynamic_metadata=_destination_metadata(address),
     )
 

@@ -6,6 +6,11 @@ to a message: the status, which pod served (a fallback when the pick failed) and
 itself. `OutcomeBook` holds each routed request's lifecycle by request id until its entry arrives
 (`AccessLogReceiver`), then resolves it; one whose entry never comes (no access log configured) is
 abandoned after `ttl_s`, recording nothing.
+
+When epp ends the ext_proc stream right after routing (`handed_over`, so a picker restart cannot fail the
+request), the entry is also what ends the request's in-flight count: the pod counts it until the entry
+arrives, or, should Envoy drop the entry (its access-log buffer overflowed, the log stream was down),
+until `in_flight_ttl_s` passes.
 """
 
 from __future__ import annotations
@@ -24,19 +29,28 @@ from epp.requestcontrol.lifecycle import RequestLifecycle
 logger = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 30.0
+DEFAULT_IN_FLIGHT_TTL_S = 900.0  # a handed-over request still counts in flight without its entry for this
 
 
 class OutcomeBook:
     """Lifecycles waiting for their access-log entry, by request id. Not thread-safe (one event loop)."""
 
-    def __init__(self, ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ttl_s: float = DEFAULT_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+        in_flight_ttl_s: float = DEFAULT_IN_FLIGHT_TTL_S,
+    ) -> None:
         self._ttl_s = ttl_s
+        self._in_flight_ttl_s = in_flight_ttl_s
         self._clock = clock
         self._active: dict[str, RequestLifecycle] = {}  # routed, stream still open
         self._ended: OrderedDict[str, tuple[float, RequestLifecycle]] = OrderedDict()  # stream over
+        # routed, stream closed by epp, request still going on in Envoy: in flight until its entry
+        self._handed: OrderedDict[str, tuple[float, RequestLifecycle]] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._active) + len(self._ended)
+        return len(self._active) + len(self._ended) + len(self._handed)
 
     def routed(self, lifecycle: RequestLifecycle) -> None:
         self._active[lifecycle.request_id] = lifecycle
@@ -53,9 +67,21 @@ class OutcomeBook:
         self._ended[rid] = (now, lifecycle)
         self._expire(now)
 
+    def handed_over(self, lifecycle: RequestLifecycle) -> None:
+        """epp closed the ext_proc stream after routing; the request goes on in Envoy and stays in flight
+        until its access-log entry (at most `in_flight_ttl_s`)."""
+        rid = lifecycle.request_id
+        if self._active.get(rid) is lifecycle:
+            del self._active[rid]
+        if not lifecycle.in_attempt:
+            return
+        now = self._clock()
+        self._handed[rid] = (now, lifecycle)
+        self._expire(now)
+
     def resolve(self, request_id: str, status: int, upstream: str) -> bool:
         """Apply one access-log entry; False when no routed request has that id."""
-        found = self._ended.pop(request_id, None)
+        found = self._handed.pop(request_id, None) or self._ended.pop(request_id, None)
         lifecycle = found[1] if found is not None else self._active.pop(request_id, None)
         if lifecycle is None:
             return False
@@ -63,13 +89,13 @@ class OutcomeBook:
         return True
 
     def _expire(self, now: float) -> None:
-        ended = self._ended
-        while ended:
-            rid, (at, lifecycle) = next(iter(ended.items()))
-            if now - at < self._ttl_s:
-                return
-            del ended[rid]
-            lifecycle.abandon()
+        for book, ttl in ((self._ended, self._ttl_s), (self._handed, self._in_flight_ttl_s)):
+            while book:
+                rid, (at, lifecycle) = next(iter(book.items()))
+                if now - at < ttl:
+                    break
+                del book[rid]
+                lifecycle.abandon()  # also ends a handed-over request's in-flight count
 
 
 class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
