@@ -54,6 +54,7 @@ LAYER_OF: dict[str, str] = {
     "epp.metrics": SERVICES,
     "epp.labelled_metrics": SERVICES,
     "epp.model_catalog": SERVICES,
+    "epp.traffic": SERVICES,
     "epp.servers": SERVERS,
     "gateway": GATEWAY,
     "epp.lifecycle": RUNTIME,

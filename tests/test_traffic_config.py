@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from epp.health.outlier import OutlierSettings
-from gateway.traffic.build import RawDocument, build_traffic
-from gateway.traffic.config import TrafficConfigError
+from epp.traffic.build import RawDocument, build_traffic
+from epp.traffic.config import TrafficConfigError
 
 SEEDS = Path(__file__).parent / "fixtures" / "seed-configs"
 ROUTING = SEEDS / "asm-llm-routing.yaml"

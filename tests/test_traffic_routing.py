@@ -12,11 +12,11 @@ import pytest
 import yaml
 from aiohttp import web
 
-from gateway.traffic.build import build_traffic
-from gateway.traffic.documents import OpenAIConfig
-from gateway.traffic.policy import UpstreamTLS
-from gateway.traffic.resolve import Address, OverrideResolver, parse_overrides, tls_context
-from gateway.traffic.routing import BodyError, TrafficRouter, rewrite_body, split_host
+from epp.traffic.build import build_traffic
+from epp.traffic.documents import OpenAIConfig
+from epp.traffic.policy import UpstreamTLS
+from epp.traffic.resolve import Address, OverrideResolver, parse_overrides, tls_context
+from epp.traffic.routing import BodyError, TrafficRouter, rewrite_body, split_host
 
 SEEDS = Path(__file__).parent / "fixtures" / "seed-configs"
 ENV = {"DASHSCOPE_API_KEY": "sk-dash-secret", "MOONSHOT_API_KEY": "sk-moon-secret"}

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, StrictBool, StrictInt, model_validator
 
 from epp.health.outlier_settings import OutlierDetectionSpec
-from gateway.traffic.documents import Host, KubeDocument, StrictModel
+from epp.traffic.documents import Host, KubeDocument, StrictModel
 
 ISTIO_GROUP = "networking.istio.io"
 ISTIO_API_VERSIONS = tuple(f"{ISTIO_GROUP}/{v}" for v in ("v1", "v1beta1", "v1alpha3"))

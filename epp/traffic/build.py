@@ -25,10 +25,10 @@ from epp.config.errors import (
     issues_from_validation_error,
     show_value,
 )
-from gateway.traffic.config import Placed, TrafficConfig, TrafficConfigError, TrafficDocument
-from gateway.traffic.documents import ASM_API_VERSION, KubeDocument, LLMProvider, LLMRoute, normalise_host
-from gateway.traffic.istio import ISTIO_API_VERSIONS, DestinationRule, VirtualService
-from gateway.traffic.links import link
+from epp.traffic.config import Placed, TrafficConfig, TrafficConfigError, TrafficDocument
+from epp.traffic.documents import ASM_API_VERSION, KubeDocument, LLMProvider, LLMRoute, normalise_host
+from epp.traffic.istio import ISTIO_API_VERSIONS, DestinationRule, VirtualService
+from epp.traffic.links import link
 
 RawDocument = tuple[str, int, Mapping[str, Any]]  # (file path, 1-based document index, parsed YAML)
 SecretReader = Callable[[str], str]

@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from gateway.traffic.documents import OpenAIConfig
+from epp.traffic.documents import OpenAIConfig
 
 
 class BodyError(ValueError):

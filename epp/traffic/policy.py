@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from epp.health.outlier import OutlierSettings
-from gateway.traffic.documents import LLMProviderSpec
-from gateway.traffic.istio import DestinationRuleSpec, TLSSettings
+from epp.traffic.documents import LLMProviderSpec
+from epp.traffic.istio import DestinationRuleSpec, TLSSettings
 
 # The port an ASM client addresses a provider on (plain HTTP; the mesh upgrades it to HTTPS).
 DEFAULT_CLIENT_PORT = 80

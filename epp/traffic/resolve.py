@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from gateway.traffic.documents import normalise_host
-from gateway.traffic.policy import UpstreamTLS
+from epp.traffic.documents import normalise_host
+from epp.traffic.policy import UpstreamTLS
 
 
 @dataclass(frozen=True, slots=True)

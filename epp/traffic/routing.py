@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from itertools import accumulate
 from urllib.parse import urlencode
 
-from gateway.traffic.body import BodyError, RewrittenBody, rewrite_body
-from gateway.traffic.config import TrafficConfig
-from gateway.traffic.documents import LLMProviderSpec, OpenAIConfig, RouteMatch, StringMatch, normalise_host
-from gateway.traffic.policy import DEFAULT_CLIENT_PORT
+from epp.traffic.body import BodyError, RewrittenBody, rewrite_body
+from epp.traffic.config import TrafficConfig
+from epp.traffic.documents import LLMProviderSpec, OpenAIConfig, RouteMatch, StringMatch, normalise_host
+from epp.traffic.policy import DEFAULT_CLIENT_PORT
 
 __all__ = ["BodyError", "Choice", "RewrittenBody", "Target", "TrafficRouter", "rewrite_body", "split_host"]
 
