@@ -50,6 +50,8 @@ class SoakResult:
     start: Resources | None = None
     peak: Resources | None = None
     after: Resources | None = None
+    after_rounds: list[Resources] = field(default_factory=list)  # after each round, when several ran
+    cold: Resources | None = None  # before the warm-up round, when there was one
 
 
 async def _client(base_url: str, until: float, result: SoakResult, n: int) -> None:
@@ -102,8 +104,36 @@ async def _watch(pid: int, result: SoakResult, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), 0.5)
 
 
-async def soak(base_url: str, pid: int, clients: int, idle: int, duration_s: float) -> SoakResult:
-    result = SoakResult(start=resources(pid))
+async def soak(
+    base_url: str,
+    pid: int,
+    clients: int,
+    idle: int,
+    duration_s: float,
+    rounds: int = 1,
+    warmup_s: float = 0.0,
+) -> SoakResult:
+    """`rounds` soaks back to back; `after` is the last one's, `after_rounds` each one's. With `warmup_s`, a
+    short round of the same shape comes first and `start` is read after it (`cold` before it): the
+    allocator's high-water mark for that concurrency is then part of the start, and what the rounds add is
+    growth."""
+    result = SoakResult()
+    if warmup_s > 0:
+        result.cold = resources(pid)
+        warm = SoakResult()
+        await _one_round(base_url, pid, clients, idle, warmup_s, warm)
+        result.errors += warm.errors
+    result.start = resources(pid)
+    for _ in range(rounds):
+        await _one_round(base_url, pid, clients, idle, duration_s, result)
+        assert result.after is not None
+        result.after_rounds.append(result.after)
+    return result
+
+
+async def _one_round(
+    base_url: str, pid: int, clients: int, idle: int, duration_s: float, result: SoakResult
+) -> None:
     host, port = base_url.removeprefix("http://").rsplit(":", 1)
     hold, stop = asyncio.Event(), asyncio.Event()
     watcher = asyncio.create_task(_watch(pid, result, stop))
@@ -116,7 +146,6 @@ async def soak(base_url: str, pid: int, clients: int, idle: int, duration_s: flo
     await watcher
     await asyncio.sleep(6.0)  # past the upstream keep-alive (4 s): pooled pod connections are closed too
     result.after = resources(pid)
-    return result
 
 
 def _change(a: float, b: float) -> str:
@@ -128,7 +157,8 @@ def format_report(result: SoakResult, args: argparse.Namespace, command: str) ->
     assert start is not None and peak is not None and after is not None
     lines = [
         f"Command: `{command}`",
-        f"Clients: {args.clients} streaming, {args.idle} idle connections, {args.duration:g} s",
+        f"Clients: {args.clients} streaming, {args.idle} idle connections, "
+        f"{getattr(args, 'rounds', 1)} round(s) of {args.duration:g} s",
         f"Requests completed: {result.requests}; client errors: {len(result.errors)}",
         "",
         "| gateway | start | peak | after | after vs start |",
@@ -138,6 +168,14 @@ def format_report(result: SoakResult, args: argparse.Namespace, command: str) ->
         f"| open files | {start.open_files} | {peak.open_files} | {after.open_files} | "
         f"{_change(start.open_files, after.open_files)} |",
     ]
+    if result.cold is not None:
+        lines += [
+            "",
+            f"Before the warm-up round: {result.cold.rss_mb:.1f} MiB / {result.cold.open_files} files",
+        ]
+    if len(result.after_rounds) > 1:
+        rounds = ", ".join(f"{r.rss_mb:.1f} MiB / {r.open_files} files" for r in result.after_rounds)
+        lines += ["", f"After each round: {rounds}"]
     if result.errors:
         lines += ["", "First errors:", *(f"- {e}" for e in result.errors[:5])]
     return "\n".join(lines)
@@ -147,7 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
     p.add_argument("--clients", type=int, default=200)
     p.add_argument("--idle", type=int, default=300)
-    p.add_argument("--duration", type=float, default=60.0)
+    p.add_argument("--duration", type=float, default=60.0, help="seconds per round")
+    p.add_argument("--rounds", type=int, default=2, help="soaks back to back (a leak grows every round)")
+    p.add_argument("--warmup", type=float, default=10.0, help="seconds of the same load before `start`")
     p.add_argument("--pods", type=int, default=4)
     p.add_argument("--time-scale", type=float, default=20.0, help="simulator speed-up")
     p.add_argument("--gateway-arg", action="append", default=[], help="extra `epp gateway` flag (repeat)")
@@ -159,7 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         with GatewayProcess(gw_args) as gateway:
             assert gateway.proc is not None
             result = asyncio.run(
-                soak(gateway.base_url, gateway.proc.pid, args.clients, args.idle, args.duration)
+                soak(
+                    gateway.base_url,
+                    gateway.proc.pid,
+                    args.clients,
+                    args.idle,
+                    args.duration,
+                    args.rounds,
+                    args.warmup,
+                )
             )
     command = " ".join(["python -m bench.soak", *(sys.argv[1:] if argv is None else argv)])
     print(format_report(result, args, command))

@@ -14,12 +14,15 @@ from dataclasses import dataclass
 import httpx
 
 from epp.config import EppConfig
+from epp.config.traffic.config import TrafficConfig
 from epp.core import PickerCore, PickerOptions, load_pool
 from epp.datastore import Endpoint
 from epp.embedded_http import EmbeddedServer
 from epp.lifecycle import wait_for_shutdown
 from epp.servers.extproc import ExtProcServer
+from epp.servers.extproc_traffic import TrafficProcessor
 from epp.servers.http import create_http_app
+from epp.traffic.routing import TrafficRouter
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +38,8 @@ class ServeOptions(PickerOptions):
 
 def build_app(options: ServeOptions, env: Mapping[str, str]) -> EppApp:
     """Load config and build every part; raises ConfigError (file, document, field, reason) on bad input."""
-    return EppApp(*load_pool(options, env), options)
+    config, endpoints = load_pool(options, env)
+    return EppApp(config, endpoints, options, traffic=config.traffic)
 
 
 class EppApp:
@@ -47,8 +51,10 @@ class EppApp:
         endpoints: list[Endpoint],
         options: ServeOptions,
         scrape_client: httpx.AsyncClient | None = None,
+        traffic: TrafficConfig | None = None,
     ) -> None:
-        """`scrape_client` (owned by the caller) is what the scraper uses; by default epp makes its own."""
+        """`scrape_client` (owned by the caller) is what the scraper uses; by default epp makes its own.
+        `traffic`: the LLMProvider/LLMRoute documents, chosen by the ext_proc server (extproc_traffic)."""
         self.config = config
         self.options = options
         self.core = PickerCore(
@@ -73,6 +79,7 @@ class EppApp:
             options.max_body_bytes,
             options.fallback_endpoints,
             pod_credentials=options.pod_credentials,
+            traffic=TrafficProcessor(TrafficRouter(traffic, self.rng)) if traffic is not None else None,
         )
         self._scrape_client = scrape_client
         self._http = EmbeddedServer(self.http_app, options.host, options.http_port, options.log_level)

@@ -6,6 +6,7 @@ A body is bounded in size, in time, and by the bytes all bodies together may hol
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -88,7 +89,13 @@ async def read_body(
     if declared.isdigit():
         if int(declared) > limit:
             raise BodyTooLarge
-        lease.grow(int(declared))
+        try:
+            lease.grow(int(declared))
+        except BuffersFull:
+            # Read the body and drop it (it fits the size limit): the client then gets the 503 instead of a
+            # connection reset halfway through its upload.
+            await _discard_body(receive, limit, timeout_s)
+            raise
     parts: list[bytes] = []
     size = 0
     try:
@@ -108,6 +115,19 @@ async def read_body(
                     return b"".join(parts)
     except TimeoutError:
         raise BodyTimeout from None
+
+
+async def _discard_body(receive: Receive, limit: int, timeout_s: float) -> None:
+    size = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            while size <= limit:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                size += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
 
 
 async def wait_disconnect(receive: Receive) -> None:

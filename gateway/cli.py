@@ -57,6 +57,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=60.0,
         help="longest silence from a pod mid-answer; a stream then ends with an SSE error event (default 60)",
     )
+    p.add_argument(
+        "--resolve",
+        action="append",
+        default=[],
+        metavar="HOST:PORT=ADDR:PORT",
+        help="connect to ADDR:PORT for provider HOST:PORT (Host, SNI and certificate stay HOST's), like "
+        "curl --resolve; repeatable (tests, air-gapped mirrors)",
+    )
     _add_edge_arguments(p)
     p.set_defaults(func=run_gateway)
 
@@ -103,7 +111,8 @@ def _add_edge_arguments(p: argparse.ArgumentParser) -> None:
         "--max-buffered-body-bytes",
         type=positive_int,
         default=limits.DEFAULT_MAX_BUFFERED_BODY_BYTES,
-        help="request body bytes held at once across requests; beyond it 503 + Retry-After (default 256 MiB)",
+        help="request body bytes held at once across requests; beyond it 503 + Retry-After "
+        "(default 64 MiB, about 256 MiB of memory)",
     )
     p.add_argument(
         "--drain-timeout",
@@ -147,6 +156,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         idle_timeout_s=args.idle_timeout,
         max_buffered_body_bytes=args.max_buffered_body_bytes,
         drain_timeout_s=args.drain_timeout,
+        resolve=tuple(args.resolve),
         **extra,
     )
     try:
@@ -154,7 +164,7 @@ def run_gateway(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"epp gateway: config error: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # --allowed-routes the gateway cannot serve
+    except ValueError as exc:  # --allowed-routes the gateway cannot serve, a bad --resolve
         print(f"epp gateway: {exc}", file=sys.stderr)
         return 2
     try:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from epp.datastore import Endpoint
 from epp.picking import error_reply
 from epp.request import ParsedRequest
 from epp.requestcontrol.lifecycle import RequestLifecycle
 from gateway.asgi import JSON, Headers
+
+if TYPE_CHECKING:
+    from gateway.provider_attempts import ProviderAttempts
 
 # Values of RequestContext.result (the `result` label and access log field).
 OUTCOME_OK = "ok"
@@ -62,6 +65,7 @@ class RequestContext:
     parsed_at: float | None = None  # parse: when parsing began (decision latency starts here)
     stream: bool = False  # parse: the client asked for SSE
     lifecycle: RequestLifecycle | None = None  # schedule: owns attempts, in-flight counts and outcomes
+    provider: ProviderAttempts | None = None  # providers: a request sent to an LLM provider instead
     status: int | None = None  # the status sent to the client
     result: str = OUTCOME_OK
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run when the reply ends
@@ -72,7 +76,8 @@ class RequestContext:
 
     def final_result(self, status: int) -> str:
         """`result` as recorded: a pod's 4xx/5xx relayed to the client is not `ok`."""
-        if self.result != OUTCOME_OK or self.lifecycle is None or not self.lifecycle.attempts:
+        attempts = self.lifecycle or self.provider
+        if self.result != OUTCOME_OK or attempts is None or not attempts.attempts:
             return self.result
         if 400 <= status < 500:
             return OUTCOME_POD_4XX

@@ -11,11 +11,14 @@ chunk timeout or breaks off ends an SSE stream with an error event (a JSON answe
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 import orjson
+from aiohttp.abc import AbstractResolver
 
 from epp.pod_auth import PodCredentials, headers_for_pod
 from epp.requestcontrol import lifecycle as lc
@@ -56,6 +59,55 @@ _RESPONSE_DROPPED = frozenset(name.encode() for name in _HOP_BY_HOP | {"date", "
 MAX_ERROR_BODY_BYTES = 64 * 1024  # a pod's 5xx body kept to relay if no other pod can serve
 
 
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class Attempts(Protocol):
+    """What the forward loop reports each attempt to: a pod's RequestLifecycle, or a provider's attempts
+    (gateway/provider_attempts.py). `endpoint` is the current attempt's upstream; `retry` moves it on."""
+
+    @property
+    def endpoint(self) -> Named: ...
+
+    @property
+    def attempts(self) -> int: ...
+
+    def send(self) -> Named: ...
+
+    def response_started(self, status: int) -> None: ...
+
+    def first_token(self) -> float: ...
+
+    def complete(
+        self,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        cached_prompt_tokens: int | None = None,
+    ) -> None: ...
+
+    def fail(self, error: str, status: int | None = None) -> None: ...
+
+    def retry(self, reason: str) -> Named | None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One attempt's upstream request (built after `Attempts.send()`, for the attempt's upstream)."""
+
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+    ssl: ssl.SSLContext | bool = True  # aiohttp's `ssl=`: True is its default verified context
+    server_hostname: str | None = None  # TLS SNI and certificate name, when not the URL's host
+
+
+ChunkFilter = Callable[[bytes], bytes]  # rewrites relayed body chunks (e.g. drops a usage event)
+
+
 class UpstreamAborted(Exception):
     """The pod broke off its (non-SSE) response after it had started."""
 
@@ -76,7 +128,13 @@ class UpstreamPool:
     `open()` inside the running event loop before the first request; `close()` at shutdown.
     """
 
-    def __init__(self, timeouts: UpstreamTimeouts, max_connections: int, keepalive_s: float = 4.0) -> None:
+    def __init__(
+        self,
+        timeouts: UpstreamTimeouts,
+        max_connections: int,
+        keepalive_s: float = 4.0,
+        resolver: AbstractResolver | None = None,  # providers: epp.traffic.resolve.OverrideResolver
+    ) -> None:
         # aiohttp's per-read socket timer (re-armed as bytes arrive) enforces the first-byte timeout; the
         # forward stage shortens it to the chunk timeout once the first byte is in. One timer per connection
         # costs far less than a timeout context around every read.
@@ -88,6 +146,7 @@ class UpstreamPool:
         # Below uvicorn's 5 s idle timeout (vLLM, the simulator): a connection the pod is closing just as a
         # request goes out would otherwise fail that request's first attempt and mark a healthy pod failed.
         self._keepalive_s = keepalive_s
+        self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -98,7 +157,10 @@ class UpstreamPool:
     async def open(self) -> None:
         if self._session is None:
             connector = aiohttp.TCPConnector(
-                limit=self._max_connections, limit_per_host=0, keepalive_timeout=self._keepalive_s
+                limit=self._max_connections,
+                limit_per_host=0,
+                keepalive_timeout=self._keepalive_s,
+                resolver=self._resolver,
             )
             # A proxy: no cookies kept between clients, bodies relayed as the pod encoded them, no proxy
             # settings from the environment, and no default headers beyond what the client sent.
@@ -133,28 +195,36 @@ def _relayed_headers(response: aiohttp.ClientResponse, pod: str) -> Headers:
 
 
 class UpstreamReply:
-    """A pod's response: status and headers, then its body chunks as they arrive (raw, not decoded)."""
+    """An upstream response: status and headers, then its body chunks as they arrive (raw, not decoded)."""
 
-    def __init__(self, response: aiohttp.ClientResponse, first: bytes, ctx: RequestContext) -> None:
-        lifecycle = ctx.lifecycle
-        assert lifecycle is not None
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        first: bytes,
+        ctx: RequestContext,
+        attempts: Attempts,
+        chunk_filter: ChunkFilter | None = None,
+    ) -> None:
         self._ctx = ctx
         self._response = response
         self._first = first
-        self._lifecycle = lifecycle
+        self._attempts = attempts
+        self._filter = chunk_filter
         self.status = response.status
-        self.headers: Headers = _relayed_headers(response, lifecycle.endpoint.name)
+        self.headers: Headers = _relayed_headers(response, attempts.endpoint.name)
         self._watcher = ResponseWatcher(response.headers.get("content-type", ""))
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        lifecycle, watcher, content = self._lifecycle, self._watcher, self._response.content
+        attempts, watcher, content, keep = self._attempts, self._watcher, self._response.content, self._filter
         chunk = self._first
         try:
             while chunk:
                 first_content = watcher.feed(chunk)
-                yield chunk
+                out = chunk if keep is None else keep(chunk)
+                if out:
+                    yield out
                 if first_content:  # after the send: this is when the client has its first token
-                    lifecycle.first_token()
+                    attempts.first_token()
                 if content.at_eof():  # all read: no wait
                     break
                 chunk = await content.readany()
@@ -165,15 +235,16 @@ class UpstreamReply:
         else:
             usage = watcher.usage()
             if usage is None:
-                lifecycle.complete()
+                attempts.complete()
             else:
-                lifecycle.complete(usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens)
+                attempts.complete(usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens)
             return
-        lifecycle.fail(error)
+        name = attempts.endpoint.name
+        attempts.fail(error)
         self._ctx.result = OUTCOME_UPSTREAM_ABORTED
         if not watcher.is_sse:
             raise UpstreamAborted(error)
-        yield _sse_error(error, lifecycle.endpoint.name)
+        yield _sse_error(error, name)
 
 
 def _sse_error(error: str, pod: str) -> bytes:
@@ -199,91 +270,113 @@ class ForwardStage:
         lifecycle = ctx.lifecycle
         assert lifecycle is not None, "schedule runs first"
         ctx.cleanups.append(_close_lifecycle(lifecycle))
-        headers = headers_for_pod(
-            self._pod_credentials, {k: v for k, v in ctx.headers.items() if k not in _HOP_BY_HOP}
-        )
-        session = self._pool.session
-        chunk_s = self._pool.timeouts.chunk_s
-        while True:
-            endpoint = lifecycle.send()
-            response: aiohttp.ClientResponse | None = None
-            try:
-                response = await session.request(
-                    "POST",
-                    f"{endpoint.base_url}{ctx.path}",
-                    data=ctx.upstream_body,
-                    headers=headers,
-                    allow_redirects=False,
-                )
-                lifecycle.response_started(response.status)
-                first = await response.content.readany()
-                _arm_chunk_timeout(response, chunk_s)
-            except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError):  # the pod never saw it
-                last_error = lc.CONNECT_FAILED
-            except aiohttp.ServerTimeoutError:
-                last_error = lc.FIRST_BYTE_TIMEOUT
-            except aiohttp.ClientError:
-                last_error = lc.RESET
-            except BaseException:
-                if response is not None:
-                    response.close()
-                raise
-            else:
-                if response.status < 500:
-                    ctx.cleanups.append(_finish_response(response))
-                    return UpstreamReply(response, first, ctx)
-                reply = await self._pod_error(response, first, lifecycle)
-                if lifecycle.retry(lc.HTTP_5XX) is None:
-                    return reply
-                self._log_retry(ctx, endpoint.name, f"HTTP {response.status}")
-                continue
+        headers = headers_for_pod(self._pod_credentials, forwardable_headers(ctx.headers))
+        body = ctx.upstream_body
+
+        def outgoing() -> Outgoing:
+            return Outgoing(f"{lifecycle.endpoint.base_url}{ctx.path}", headers, body)
+
+        return await forward(ctx, lifecycle, self._pool.session, self._pool.timeouts.chunk_s, outgoing)
+
+
+def forwardable_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The client's headers without hop-by-hop ones (and Host: the upstream's own is set)."""
+    return {k: v for k, v in headers.items() if k not in _HOP_BY_HOP}
+
+
+async def forward(
+    ctx: RequestContext,
+    attempts: Attempts,
+    session: aiohttp.ClientSession,
+    chunk_s: float,
+    outgoing: Callable[[], Outgoing],
+    chunk_filter: ChunkFilter | None = None,
+) -> Reply:
+    """Send `outgoing()` for each attempt; on a failure before the first byte, retry where `attempts` says.
+
+    The reply relays the upstream's answer as it comes (after `chunk_filter`); when no attempt is left, the
+    last 5xx answer is relayed, or a 502/504 JSON error given.
+    """
+    while True:
+        upstream = attempts.send()
+        request = outgoing()
+        response: aiohttp.ClientResponse | None = None
+        try:
+            response = await session.request(
+                "POST",
+                request.url,
+                data=request.body,
+                headers=request.headers,
+                allow_redirects=False,
+                ssl=request.ssl,
+                server_hostname=request.server_hostname,
+            )
+            attempts.response_started(response.status)
+            first = await response.content.readany()
+            _arm_chunk_timeout(response, chunk_s)
+        except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError):  # it never saw the request
+            last_error = lc.CONNECT_FAILED
+        except aiohttp.ServerTimeoutError:
+            last_error = lc.FIRST_BYTE_TIMEOUT
+        except aiohttp.ClientError:
+            last_error = lc.RESET
+        except BaseException:
             if response is not None:
                 response.close()
-            lifecycle.fail(last_error)
-            if lifecycle.retry(last_error) is not None:
-                self._log_retry(ctx, endpoint.name, last_error)
-                continue
-            self._log_failure(ctx, endpoint.name, last_error)
-            ctx.result = OUTCOME_UPSTREAM_FAILED
-            return _failure_reply(last_error, lifecycle.attempts)
-
-    async def _pod_error(
-        self, response: aiohttp.ClientResponse, first: bytes, lifecycle: RequestLifecycle
-    ) -> BytesReply:
-        """Read a pod's 5xx answer (bounded) and end the attempt as failed; the reply if no retry follows."""
-        parts = [first]
-        size = len(first)
-        try:
-            while size < MAX_ERROR_BODY_BYTES:
-                chunk = await response.content.readany()
-                if not chunk:
-                    break
-                parts.append(chunk)
-                size += len(chunk)
-        except aiohttp.ClientError:
-            pass
-        finally:
+            raise
+        else:
+            if response.status < 500:
+                ctx.cleanups.append(_finish_response(response))
+                return UpstreamReply(response, first, ctx, attempts, chunk_filter)
+            reply = await _upstream_error(response, first, attempts)
+            if attempts.retry(lc.HTTP_5XX) is None:
+                return reply
+            _log_retry(ctx, upstream.name, f"HTTP {response.status}", attempts)
+            continue
+        if response is not None:
             response.close()
-        lifecycle.fail(lc.HTTP_5XX, response.status)
-        return BytesReply(
-            response.status, b"".join(parts), _relayed_headers(response, lifecycle.endpoint.name)
-        )
-
-    def _log_retry(self, ctx: RequestContext, pod: str, why: str) -> None:
-        lifecycle = ctx.lifecycle
-        assert lifecycle is not None
+        attempts.fail(last_error)
+        if attempts.retry(last_error) is not None:
+            _log_retry(ctx, upstream.name, last_error, attempts)
+            continue
         logger.warning(
-            "request_id=%s: %s failed before answering (%s); retrying on %s",
+            "request_id=%s: %s failed before answering (%s); no upstream left to try",
             ctx.request_id,
-            pod,
-            why,
-            lifecycle.endpoint.name,
+            upstream.name,
+            last_error,
         )
+        ctx.result = OUTCOME_UPSTREAM_FAILED
+        return _failure_reply(last_error, attempts.attempts)
 
-    def _log_failure(self, ctx: RequestContext, pod: str, why: str) -> None:
-        logger.warning(
-            "request_id=%s: %s failed before answering (%s); no pod left to try", ctx.request_id, pod, why
-        )
+
+async def _upstream_error(response: aiohttp.ClientResponse, first: bytes, attempts: Attempts) -> BytesReply:
+    """Read a 5xx answer (bounded) and end the attempt as failed; the reply if no retry follows."""
+    parts = [first]
+    size = len(first)
+    try:
+        while size < MAX_ERROR_BODY_BYTES:
+            chunk = await response.content.readany()
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+    except aiohttp.ClientError:
+        pass
+    finally:
+        response.close()
+    name = attempts.endpoint.name
+    attempts.fail(lc.HTTP_5XX, response.status)
+    return BytesReply(response.status, b"".join(parts), _relayed_headers(response, name))
+
+
+def _log_retry(ctx: RequestContext, failed: str, why: str, attempts: Attempts) -> None:
+    logger.warning(
+        "request_id=%s: %s failed before answering (%s); retrying on %s",
+        ctx.request_id,
+        failed,
+        why,
+        attempts.endpoint.name,
+    )
 
 
 def _failure_reply(error: str, attempts: int) -> BytesReply:

@@ -12,6 +12,7 @@ import orjson
 
 from gateway.context import OUTCOME_CLIENT_GONE, RequestContext
 from gateway.metrics import GatewayMetrics
+from gateway.traffic_metrics import TrafficMetrics
 
 access_logger = logging.getLogger("gateway.access")
 
@@ -23,15 +24,24 @@ CLIENT_CLOSED = 499  # status recorded when the client left before any answer (n
 class RequestRecorder:
     """Records finished requests for one strategy."""
 
-    def __init__(self, metrics: GatewayMetrics, strategy: str) -> None:
+    def __init__(self, metrics: GatewayMetrics, strategy: str, traffic: TrafficMetrics | None = None) -> None:
         self._metrics = metrics
         self._strategy = strategy
+        self._traffic = traffic
 
     def record(self, ctx: RequestContext, total_s: float) -> None:
         status = ctx.status if ctx.status is not None else CLIENT_CLOSED
         lifecycle = ctx.lifecycle
         pod = lifecycle.endpoint.name if lifecycle is not None and lifecycle.attempts else ""
         ttft = lifecycle.first_token_s if lifecycle is not None else None
+        provider = ctx.provider
+        route, rule, attempts = "-", "-", lifecycle.attempts if lifecycle is not None else 0
+        if provider is not None:  # config names only (route, rule, provider host): safe to log and label
+            pod, ttft, attempts = provider.endpoint.name, provider.first_token_s, provider.attempts
+            route, rule = provider.route, provider.choice.rule or "-"
+            if self._traffic is not None:
+                self._traffic.request_count(route, rule, pod, str(status)).inc()
+                self._traffic.duration_of(route, pod).observe(total_s)
         result = ctx.final_result(status)
         m = self._metrics
         m.request_count(ctx.path, str(status), pod, result).inc()
@@ -44,7 +54,7 @@ class RequestRecorder:
         ratio = lifecycle.result.prefix_match_ratio if lifecycle is not None else None
         access_logger.info(
             "request_id=%s route=%s model=%s stream=%s status=%d result=%s endpoint=%s attempts=%d "
-            "strategy=%s prefix_match_ratio=%s ttft_ms=%s total_ms=%.1f",
+            "strategy=%s prefix_match_ratio=%s ttft_ms=%s total_ms=%.1f llm_route=%s rule=%s provider=%s",
             ctx.request_id,
             ctx.path,
             _loggable(ctx.parsed.request.model) if ctx.parsed is not None else "-",
@@ -52,11 +62,14 @@ class RequestRecorder:
             status,
             result,
             pod or "-",
-            lifecycle.attempts if lifecycle is not None else 0,
+            attempts,
             self._strategy,
             "-" if ratio is None else f"{ratio:.3f}",
             "-" if ttft is None else f"{ttft * 1000:.1f}",
             total_s * 1000,
+            route,
+            rule,
+            pod if provider is not None else "-",
         )
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -18,12 +20,15 @@ from epp.datastore import Endpoint
 from epp.embedded_http import EmbeddedServer
 from epp.lifecycle import wait_for_shutdown
 from epp.routes import MODELS_PATH, AllowedRoutes
+from epp.traffic.resolve import OverrideResolver, parse_overrides
 from gateway.app import OWN_PATHS, BodyLimits, GatewayApp
 from gateway.edge import EdgeLimits, edge_protocol
 from gateway.forward import ForwardStage, UpstreamPool, UpstreamTimeouts
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline import ModelCheckStage, ParseStage, Pipeline, ScheduleStage
+from gateway.pipeline import ModelCheckStage, ParseStage, Pipeline, ScheduleStage, Stage
+from gateway.providers import ProviderStage
 from gateway.record import RequestRecorder
+from gateway.traffic_metrics import TrafficMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +53,9 @@ class GatewayOptions(PickerOptions):
     idle_timeout_s: float = limits.DEFAULT_IDLE_TIMEOUT_S
     max_buffered_body_bytes: int = limits.DEFAULT_MAX_BUFFERED_BODY_BYTES
     drain_timeout_s: float = 10.0  # on SIGTERM: in-flight requests may finish within this, then are cut
+    resolve: tuple[str, ...] = ()  # `host:port=addr:port` overrides for provider hosts (--resolve)
+    retry_on_fallback: bool = True  # a provider failing before the first byte: retry once on its fallback
+    clock: Callable[[], float] = time.monotonic  # outlier detection's (tests inject a fake one)
 
 
 def check_routes(routes: AllowedRoutes) -> None:
@@ -65,6 +73,7 @@ def build_gateway(options: GatewayOptions, env: Mapping[str, str]) -> Gateway:
     """Load config and build every part; raises ConfigError (file, document, field, reason) on bad input,
     ValueError for routes the gateway cannot serve."""
     check_routes(options.allowed_routes)
+    parse_overrides(options.resolve)  # ValueError for a bad entry, before anything is loaded
     return Gateway(*load_pool(options, env), options)
 
 
@@ -91,8 +100,27 @@ class Gateway:
         self.upstream = UpstreamPool(timeouts, options.max_connections)
         self.catalog = self.core.catalog
         director = self.core.director
+        stages: list[Stage] = []
+        self.traffic_metrics: TrafficMetrics | None = None
+        self.providers: ProviderStage | None = None
+        self.provider_upstream: UpstreamPool | None = None
+        if config.traffic is not None:
+            # Own connections: the resolver overrides apply to providers only, never to pods.
+            resolver = OverrideResolver(parse_overrides(options.resolve))
+            self.provider_upstream = UpstreamPool(timeouts, options.max_connections, resolver=resolver)
+            self.traffic_metrics = TrafficMetrics(registry)
+            self.providers = ProviderStage(
+                config.traffic,
+                self.provider_upstream,
+                self.traffic_metrics,
+                random.Random(options.seed),
+                options.clock,
+                options.retry_on_fallback,
+            )
+            stages.append(self.providers)
         self.pipeline = Pipeline(
             [
+                *stages,
                 ParseStage(director),
                 ModelCheckStage(self.catalog),
                 ScheduleStage(director),
@@ -104,7 +132,7 @@ class Gateway:
             self.catalog,
             self.datastore,
             self.metrics,
-            RequestRecorder(self.metrics, config.strategy_name),
+            RequestRecorder(self.metrics, config.strategy_name, self.traffic_metrics),
             registry,
             BodyLimits(options.max_body_bytes, options.body_timeout_s, options.max_buffered_body_bytes),
             options.allowed_routes,
@@ -137,6 +165,8 @@ class Gateway:
         """Start scraping and serving; sets `port` to the bound port."""
         opts = self.options
         await self.upstream.open()
+        if self.provider_upstream is not None:
+            await self.provider_upstream.open()
         self.core.start_scraping(opts.scrape_interval_s, opts.scrape_timeout_s)
         self.port = await self._server.start()
         logger.info(
@@ -154,6 +184,8 @@ class Gateway:
         await self._server.stop()
         await self.core.close()
         await self.upstream.close()
+        if self.provider_upstream is not None:
+            await self.provider_upstream.close()
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -54,7 +54,7 @@ LAYER_OF: dict[str, str] = {
     "epp.metrics": SERVICES,
     "epp.labelled_metrics": SERVICES,
     "epp.model_catalog": SERVICES,
-    "epp.traffic": SERVICES,
+    "epp.traffic": VOCABULARY,
     "epp.servers": SERVERS,
     "gateway": GATEWAY,
     "epp.lifecycle": RUNTIME,

@@ -37,10 +37,25 @@ def test_check_config_does_not_print_keys(
     path = tmp_path / "provider.yaml"
     path.write_text(
         "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMProvider\nmetadata: {name: p}\n"
-        "spec: {configs: {defaultConfig: {openAIConfig: {apiKey: '${EPP_TEST_API_KEY}'}}}}\n"
+        "spec: {host: api.example.com, configs: {defaultConfig: {openAIConfig: "
+        "{model: m1, apiKey: '${EPP_TEST_API_KEY}'}}}}\n"
     )
     assert main(["check-config", str(path), "--strategy", "RANDOM"]) == 0
     out = capsys.readouterr().out
     assert "strategy: RANDOM" in out
-    assert f"LLMProvider p ({path} document 1)" in out
+    assert "LLMProvider p: api.example.com/v1/chat/completions, model m1" in out
     assert secret not in out
+
+
+def test_check_config_rejects_bad_traffic_documents(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "provider.yaml"
+    path.write_text(
+        "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMProvder\nmetadata: {name: p}\nspec: {}\n"
+        "---\napiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMProvider\nmetadata: {name: q}\nspec: {}\n"
+    )
+    assert main(["check-config", str(path), "--strategy", "RANDOM"]) == 2
+    err = capsys.readouterr().err
+    assert 'document 1 (LLMProvder "p"): kind: unknown kind "LLMProvder": did you mean LLMProvider?' in err
+    assert 'document 2 (LLMProvider "q"): spec.host: required field is missing' in err

@@ -116,15 +116,15 @@ def test_missing_variable_error_names_variable_file_and_document_only() -> None:
 def test_repr_of_config_and_documents_does_not_leak_keys() -> None:
     text = (
         "apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMProvider\nmetadata: {name: p}\n"
-        "spec: {configs: {defaultConfig: {openAIConfig: {apiKey: '${API_KEY}'}}}}\n"
+        "spec: {host: api.example.com, configs: {defaultConfig: {openAIConfig: {apiKey: '${API_KEY}'}}}}\n"
     )
     config = load_config_text(text, {"API_KEY": SECRET})
-    assert (
-        config.other_documents[0].body["spec"]["configs"]["defaultConfig"]["openAIConfig"]["apiKey"] == SECRET
-    )
+    assert config.traffic is not None
+    key = config.traffic.providers["api.example.com"].spec.openai_for(None).api_key
+    assert key is not None and key.get_secret_value() == SECRET
     assert SECRET not in repr(config)
     assert SECRET not in str(config)
-    assert SECRET not in repr(config.other_documents)
+    assert SECRET not in repr(config.traffic)
     assert "LLMProvider/p" in repr(config)
     assert config.redactor.redact(f"Authorization: Bearer {SECRET}") == "Authorization: Bearer ***"
     assert SECRET not in repr(config.redactor)

@@ -58,29 +58,33 @@ def test_ack_prefix_cache_seed_loads() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "kinds"),
+    ("name", "kinds", "providers"),
     [
-        ("asm-llm-routing.yaml", ["LLMProvider", "LLMRoute", "LLMProvider", "LLMRoute"]),
-        ("asm-fallback.yaml", ["LLMProvider", "LLMProvider", "DestinationRule", "VirtualService"]),
-        ("asm-llm-cache.yaml", ["WasmPlugin", "ConfigMap"]),
+        ("asm-llm-routing.yaml", [], ["dashscope.aliyuncs.com", "api.moonshot.cn"]),
+        ("asm-fallback.yaml", [], ["asm-llm-provider-test.com", "dashscope.aliyuncs.com"]),
+        ("asm-llm-cache.yaml", ["WasmPlugin", "ConfigMap"], None),
     ],
 )
-def test_asm_seed_configs_load_as_other_documents(name: str, kinds: list[str]) -> None:
+def test_asm_seed_configs_load(name: str, kinds: list[str], providers: list[str] | None) -> None:
+    # Traffic kinds go to TrafficConfig (not other_documents, which would hold their expanded keys).
     config = load_config([SEED / name], KEYS)
     assert [d.kind for d in config.other_documents] == kinds
+    assert (list(config.traffic.providers) if config.traffic else None) == providers
     assert config.pools == {}
     assert len(config.models) == 0
     assert config.strategy_name == "PREFIX_CACHE"  # no pool, no picker document: the default
 
 
-def test_asm_routing_keys_are_expanded_for_later_stages() -> None:
+def test_asm_routing_keys_are_expanded_into_traffic_config() -> None:
     config = load_config([SEED / "asm-llm-routing.yaml"], KEYS)
-    providers = {d.name: d.body for d in config.documents_of_kind("LLMProvider")}
-    qwen = providers["dashscope-qwen"]["spec"]["configs"]
-    assert qwen["defaultConfig"]["openAIConfig"]["apiKey"] == KEYS["DASHSCOPE_API_KEY"]
-    assert qwen["routeSpecificConfigs"]["vip-route"]["openAIConfig"]["model"] == "qwen-turbo"
-    moonshot = providers["moonshot"]["spec"]["configs"]["defaultConfig"]["openAIConfig"]
-    assert moonshot["apiKey"] == KEYS["MOONSHOT_API_KEY"]
+    assert config.traffic is not None
+    qwen = config.traffic.providers["dashscope.aliyuncs.com"].spec
+    key = qwen.openai_for(None).api_key
+    assert key is not None and key.get_secret_value() == KEYS["DASHSCOPE_API_KEY"]
+    assert qwen.openai_for("vip-route").model == "qwen-turbo"
+    assert list(config.traffic.routes) == ["dashscope.aliyuncs.com", "demo-llm-server"]
+    assert KEYS["DASHSCOPE_API_KEY"] not in repr(config)
+    assert config.redactor.redact(KEYS["MOONSHOT_API_KEY"]) == "***"
 
 
 @pytest.mark.parametrize(
@@ -106,11 +110,16 @@ def test_asm_seed_configs_without_keys_name_the_missing_variable(
 
 
 def test_seed_files_load_together() -> None:
-    files = sorted(SEED.glob("*.yaml"))
+    # asm-fallback.yaml defines dashscope.aliyuncs.com again: a duplicate host is an error.
+    files = sorted(f for f in SEED.glob("*.yaml") if f.name != "asm-fallback.yaml")
     config = load_config(files, KEYS)
     assert list(config.pools) == ["vllm-qwen-pool"]
-    assert len(config.other_documents) == 15
-    assert {d.source for d in config.other_documents} == {str(f) for f in files}
+    assert len(config.other_documents) == 7
+    assert config.traffic is not None and len(config.traffic.routes) == 2
+    with pytest.raises(
+        ConfigError, match=r'an LLMProvider for host "dashscope.aliyuncs.com" is already defined'
+    ):
+        load_config(sorted(SEED.glob("*.yaml")), KEYS)
 
 
 def test_local_pool_document_set() -> None:

@@ -55,9 +55,10 @@ _body = st.one_of(_chat.map(orjson.dumps), st.binary(max_size=300), _json.map(or
 _header_name = st.sampled_from(
     ["x-request-id", "content-type", "x-gateway-inference-objective", "x-gateway-model-name", "accept"]
 )
+# HTTP clients refuse values with leading or trailing whitespace before sending: strip them.
 _header_value = st.text(
     alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=0, max_size=60
-)
+).map(str.strip)
 _headers = st.dictionaries(_header_name, _header_value, max_size=4)
 _path = st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/embeddings", "/x"])
 

@@ -124,3 +124,24 @@ async def test_many_concurrent_big_bodies_never_exceed_the_budget() -> None:
         budget = gw.app._budget
         assert budget.held == 0  # every lease released
         await assert_still_serves(gw)
+
+
+async def test_a_refused_body_still_uploading_gets_its_503_not_a_reset() -> None:
+    size = 200_000
+    body = CHAT_BODY + b" " * (size - len(CHAT_BODY))
+    async with fleet_and_gateway(max_buffered_body_bytes=300_000, max_body_bytes=size) as gw:
+        _, holder = await connect(gw)  # holds 200 kB of the budget while it sends slowly
+        holder.write(post("/v1/chat/completions", body)[: -size // 2])
+        await holder.drain()
+        await asyncio.sleep(0.2)
+        reader, writer = await connect(gw)
+        request = post("/v1/chat/completions", body)
+        for start in range(0, len(request), len(request) // 4):  # longer than the 1 s close linger
+            writer.write(request[start : start + len(request) // 4])
+            await writer.drain()
+            await asyncio.sleep(0.4)
+        r = await read_response(reader)
+        assert r.status == 503 and r.error()["code"] == "server_busy"
+        writer.close()
+        holder.close()
+        await assert_still_serves(gw)

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
+from epp.config.traffic.build import RawDocument, build_traffic
+from epp.config.traffic.config import TrafficConfigError
 from epp.health.outlier import OutlierSettings
-from epp.traffic.build import RawDocument, build_traffic
-from epp.traffic.config import TrafficConfigError
 
 SEEDS = Path(__file__).parent / "fixtures" / "seed-configs"
 ROUTING = SEEDS / "asm-llm-routing.yaml"

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from aiohttp import web
 
-from epp.traffic.build import build_traffic
-from epp.traffic.documents import OpenAIConfig
-from epp.traffic.policy import UpstreamTLS
+from epp.config.traffic.build import build_traffic
+from epp.config.traffic.documents import OpenAIConfig
+from epp.config.traffic.policy import UpstreamTLS
 from epp.traffic.resolve import Address, OverrideResolver, parse_overrides, tls_context
 from epp.traffic.routing import BodyError, TrafficRouter, rewrite_body, split_host
 

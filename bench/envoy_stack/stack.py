@@ -26,6 +26,7 @@ from epp import limits
 from epp.envoy_gateway.config import EnvoyConfigOptions, ResolvedPool, render_yaml
 from epp.envoy_gateway.config import resolve_pool as resolve_pool_config
 from epp.routes import AllowedRoutes
+from epp.traffic.resolve import parse_overrides
 
 _SERVE_READY = re.compile(r"epp serving: ext_proc grpc [^ ]+:(\d+), http [^ ]+:(\d+)")
 
@@ -59,6 +60,8 @@ class StackOptions:
     idle_timeout_s: float = limits.DEFAULT_IDLE_TIMEOUT_S
     stream_idle_timeout_s: float | None = None  # None: every attempt's upstream idle timeout + 10 s
     message_timeout_s: float = 5.0  # Envoy's wait for one ext_proc answer
+    resolve: Sequence[str] = ()  # provider overrides "host:port=addr:port" (curl --resolve style)
+    upstream_ca_file: str | None = None  # CA bundle for providers without their own caFile
 
 
 def resolve_pool(options: StackOptions) -> ResolvedPool:
@@ -145,6 +148,9 @@ class EnvoyStack:
             body_timeout_s=opts.body_timeout_s,
             idle_timeout_s=opts.idle_timeout_s,
             stream_idle_timeout_s=opts.stream_idle_timeout_s,
+            traffic=self.pool.traffic,
+            resolve=parse_overrides(opts.resolve),
+            upstream_ca_file=opts.upstream_ca_file,
         )
         config_path = self._path("envoy.yaml")
         config_path.write_text(render_yaml(config), "utf-8")

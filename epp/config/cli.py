@@ -12,6 +12,8 @@ from epp.config.errors import ConfigError, ConfigIssue, DocumentRef
 from epp.config.loader import load_config
 from epp.config.result import EppConfig
 from epp.config.routing_strategy import RoutingStrategy
+from epp.config.traffic.config import TrafficConfig
+from epp.config.traffic.policy import DEFAULT_CLIENT_PORT
 from epp.datastore import Datastore
 from epp.scheduling.builder import build_scheduler
 from epp.scheduling.plugins import PluginConfigError
@@ -65,7 +67,37 @@ def summarize(config: EppConfig) -> str:
         targets = ", ".join(f"{t} ({w})" for t, w in spec.target_weights()) or name
         lines.append(f"InferenceModel {name}: {spec.criticality.value}, targets {targets}")
     lines += [f"endpoint {e.name}: {e.address}" for e in config.static_endpoints]
+    if config.traffic is not None:
+        lines += traffic_lines(config.traffic)
     lines += [
         f"{d.kind} {d.name or '(unnamed)'} ({d.source} document {d.index})" for d in config.other_documents
     ]
     return config.redactor.redact("\n".join(lines))
+
+
+def traffic_lines(traffic: TrafficConfig) -> list[str]:
+    """Providers, routes, outlier rules and fallbacks: hosts, paths, models and weights (never keys)."""
+    lines = []
+    for host, provider in traffic.providers.items():
+        model = provider.spec.openai_for(None).model or "(client's)"
+        lines.append(f"LLMProvider {provider.metadata.name}: {host}{provider.spec.path}, model {model}")
+    for host, route in traffic.routes.items():
+        rules = []
+        for rule in route.spec.rules:
+            refs = ", ".join(
+                f"{ref.provider_host or 'pool ' + str(ref.inference_pool)} ({ref.weight})"
+                for ref in rule.backend_refs
+            )
+            rules.append(f"{rule.name or '(default)'} -> {refs}")
+        lines.append(f"LLMRoute {route.metadata.name}: {host}: {'; '.join(rules)}")
+    for host, dr in traffic.destination_rules.items():
+        outlier = traffic.upstream(host, DEFAULT_CLIENT_PORT).outlier
+        what = (
+            f"outlier detection ({outlier.consecutive_5xx} consecutive 5xx, "
+            f"{outlier.base_ejection_time_s:g}s)"
+            if outlier
+            else "no outlier detection"
+        )
+        lines.append(f"DestinationRule {dr.metadata.name}: {host}: {what}")
+    lines += [f"fallback: {host} -> {target}" for host, target in traffic.fallbacks.items()]
+    return lines

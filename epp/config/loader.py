@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from epp.config.routing_strategy import (
     parse_strategy,
 )
 from epp.config.safe_yaml import MAX_CONFIG_BYTES, UnsafeYAMLError, load_documents
+from epp.config.traffic.build import RawDocument, collect_traffic, is_traffic_document
 from epp.datastore import Endpoint
 from epp.health.outlier_settings import OutlierDetectionSpec, outlier_spec_from_annotations
 
@@ -93,21 +95,30 @@ def _load(
     issues: list[ConfigIssue],
 ) -> EppConfig:
     parsed: list[ParsedDocument] = []
+    raw_docs: list[RawDocument] = []  # every document, raw: build_traffic expands ${ENV} in its own kinds
     for source, text in texts:
         documents, syntax_issues = split_documents(source, text)
         issues += syntax_issues
         for index, raw in enumerate(documents, start=1):
-            if raw is not None:  # an empty document, e.g. after a trailing `---`
+            if raw is None:  # an empty document, e.g. after a trailing `---`
+                continue
+            if isinstance(raw, Mapping):
+                raw_docs.append((source, index, raw))
+            if not is_traffic_document(raw):
                 parsed.append(parse_document(raw, source, index, env))
-    redactor = Redactor({value for doc in parsed for value in doc.used_values})
+    pools = {d.value.name for d in parsed if isinstance(d.value, InferencePool)}
+    traffic, traffic_issues, secrets = collect_traffic(raw_docs, env, pools)
+    redactor = Redactor({value for doc in parsed for value in doc.used_values} | secrets)
     issues += [issue for doc in parsed for issue in doc.issues]
+    issues += traffic_issues
     if not issues:
         assembler = _Assembler(parsed)
         config = assembler.assemble(strategy, paths, redactor)
         issues += assembler.issues
     if issues:
         raise ConfigError(issues, redactor)
-    return config
+    has_traffic = traffic.providers or traffic.routes or traffic.destination_rules or traffic.fallbacks
+    return dataclasses.replace(config, traffic=traffic if has_traffic else None)
 
 
 class _Assembler:

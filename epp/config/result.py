@@ -10,6 +10,7 @@ from epp.config.errors import Redactor
 from epp.config.gie import InferencePool
 from epp.config.model_registry import ModelRegistry
 from epp.config.picker_config import EndpointPickerConfig
+from epp.config.traffic.config import TrafficConfig
 from epp.datastore import Endpoint
 from epp.health.outlier import OutlierSettings
 
@@ -32,6 +33,8 @@ class EppConfig:
     sources: tuple[Path, ...] = ()
     redactor: Redactor = field(default_factory=Redactor)  # scrubs expanded env values from text for logs
     outlier_settings: OutlierSettings = field(default_factory=OutlierSettings)
+    # LLMProvider/LLMRoute/DestinationRule/VirtualService documents, validated; None when there are none.
+    traffic: TrafficConfig | None = None
 
     @property
     def pool(self) -> InferencePool | None:
@@ -44,6 +47,9 @@ class EppConfig:
     def __repr__(self) -> str:
         # Names only: document bodies may hold expanded API keys.
         others = [f"{d.kind}/{d.name}" for d in self.other_documents]
+        if self.traffic is not None:
+            others += [f"LLMProvider/{p.metadata.name}" for p in self.traffic.providers.values()]
+            others += [f"LLMRoute/{r.metadata.name}" for r in self.traffic.routes.values()]
         endpoints = [e.address for e in self.static_endpoints]
         text = (
             f"EppConfig(pools={sorted(self.pools)}, models={sorted(self.models)}, "

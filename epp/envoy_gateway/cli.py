@@ -12,7 +12,9 @@ from typing import TypedDict
 from epp import limits
 from epp.config.cli_types import non_negative_int, port, positive_int, positive_seconds
 from epp.config.routing_strategy import RoutingStrategy
+from epp.envoy_gateway.config import EnvoyConfigError
 from epp.routes import DEFAULT_ROUTES, AllowedRoutes, RouteSpecError, parse_routes
+from epp.traffic.resolve import Address, parse_overrides
 
 
 def _pool_flags(p: argparse.ArgumentParser) -> None:
@@ -48,7 +50,27 @@ def _pool_flags(p: argparse.ArgumentParser) -> None:
         help="seconds a pod may stay silent (before or during its answer) before the attempt fails and, "
         "if nothing reached the client yet, is retried elsewhere (default 300)",
     )
+    p.add_argument(
+        "--resolve",
+        action="append",
+        default=[],
+        metavar="HOST:PORT=ADDR:PORT",
+        help="connect to a provider host at ADDR:PORT instead (SNI and certificate stay HOST's); repeatable",
+    )
+    p.add_argument(
+        "--upstream-ca-file",
+        default=None,
+        metavar="PEM",
+        help="CA bundle for provider certificates (default: a provider's caFile, else certifi's bundle)",
+    )
     _limit_flags(p)
+
+
+def _resolve(entries: list[str]) -> dict[Address, Address]:
+    try:
+        return parse_overrides(entries)
+    except ValueError as exc:
+        raise EnvoyConfigError(str(exc)) from None
 
 
 def _routes(text: str) -> AllowedRoutes:
@@ -171,7 +193,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run_config(args: argparse.Namespace) -> int:
     from epp.config import ConfigError
-    from epp.envoy_gateway.config import EnvoyConfigError, EnvoyConfigOptions, render_yaml, resolve_pool
+    from epp.envoy_gateway.config import EnvoyConfigOptions, render_yaml, resolve_pool
 
     try:
         pool = resolve_pool(args.config, args.endpoints, None, args.fail_open)
@@ -187,6 +209,9 @@ def run_config(args: argparse.Namespace) -> int:
                 num_retries=args.retries,
                 upstream_idle_timeout_s=args.upstream_idle_timeout,
                 **limit_options(args),
+                traffic=pool.traffic,
+                resolve=_resolve(args.resolve),
+                upstream_ca_file=args.upstream_ca_file,
             )
         )
     except (ConfigError, EnvoyConfigError) as exc:
@@ -199,7 +224,6 @@ def run_config(args: argparse.Namespace) -> int:
 def run_up(args: argparse.Namespace) -> int:
     from bench.envoy_stack.stack import EnvoyStack, StackError, StackOptions
     from epp.config import ConfigError
-    from epp.envoy_gateway.config import EnvoyConfigError
 
     options = StackOptions(
         endpoints=args.endpoints,
@@ -215,6 +239,8 @@ def run_up(args: argparse.Namespace) -> int:
         **limit_options(args),
         envoy_concurrency=args.concurrency,
         envoy_log_level=args.envoy_log_level,
+        resolve=tuple(args.resolve),
+        upstream_ca_file=args.upstream_ca_file,
     )
     stop = threading.Event()
 

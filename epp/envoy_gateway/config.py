@@ -23,10 +23,12 @@ import yaml
 
 from epp import limits
 from epp.config import load_config, parse_endpoints
-from epp.envoy_gateway import replies
+from epp.config.traffic.config import TrafficConfig
+from epp.envoy_gateway import replies, traffic
 from epp.envoy_gateway.vhost import render_routes
 from epp.routes import AllowedRoutes
 from epp.servers.extproc_messages import DESTINATION_HEADER, DESTINATION_METADATA_NAMESPACE, SERVED_BY_HEADER
+from epp.traffic.resolve import Address
 
 POOL_CLUSTER = "inference_pool"
 EXTPROC_CLUSTER = "epp_extproc"
@@ -70,12 +72,17 @@ class EnvoyConfigOptions:
     # byte went to the client Envoy retries on the next fallback. A non-streamed answer comes all at once.
     upstream_idle_timeout_s: float = 300.0
     access_log_flush_s: float = 0.05  # how late epp learns an outcome, at most (entries are batched)
+    # LLMProvider/LLMRoute/DestinationRule/VirtualService documents (epp/envoy_gateway/traffic.py).
+    traffic: TrafficConfig | None = None
+    resolve: dict[Address, Address] = field(default_factory=dict)  # provider host:port -> addr:port
+    upstream_ca_file: str | None = None  # CA bundle for providers without their own caFile
 
 
 @dataclass(frozen=True)
 class ResolvedPool:
     endpoints: list[tuple[str, int]]  # (IP, port)
     fail_open: bool
+    traffic: TrafficConfig | None = None
 
 
 def resolve_pool(
@@ -92,7 +99,7 @@ def resolve_pool(
     if fail_open is None:
         ref = config.pool.spec.extension_ref if config.pool is not None else None
         fail_open = ref is not None and ref.failure_mode == "FailOpen"
-    return ResolvedPool([split_endpoint(e.address) for e in found], fail_open)
+    return ResolvedPool([split_endpoint(e.address) for e in found], fail_open, config.traffic)
 
 
 def split_endpoint(address: str) -> tuple[str, int]:
@@ -119,7 +126,7 @@ def stream_idle_timeout(options: EnvoyConfigOptions) -> float:
 
 
 def _check(options: EnvoyConfigOptions) -> None:
-    if not options.endpoints:
+    if not options.endpoints and options.traffic is None:
         raise EnvoyConfigError("the pool has no endpoints (give --endpoints or a StaticEndpoints document)")
     if not 0 < options.max_body_bytes < 2**32 - _GRPC_HEADROOM:
         raise EnvoyConfigError(f"max body bytes must be 1..4 GiB, got {options.max_body_bytes}")
@@ -318,7 +325,10 @@ def _listener(options: EnvoyConfigOptions) -> dict[str, Any]:
         },
         "route_config": {
             "name": "inference",
-            "virtual_hosts": [{"name": "pool", "domains": ["*"], "routes": routes}],
+            "virtual_hosts": [
+                *_traffic_hosts(options, route),
+                {"name": "pool", "domains": ["*"], "routes": routes},
+            ],
         },
         "http_filters": [
             _extproc_filter(options),
@@ -339,6 +349,24 @@ def _listener(options: EnvoyConfigOptions) -> dict[str, Any]:
     }
 
 
+def _traffic_options(options: EnvoyConfigOptions) -> traffic.TrafficRenderOptions:
+    return traffic.TrafficRenderOptions(
+        extproc_cluster=EXTPROC_CLUSTER,
+        message_timeout=_seconds(options.message_timeout_s),
+        connect_timeout=_seconds(options.connect_timeout_s),
+        per_try_idle_timeout=_seconds(options.upstream_idle_timeout_s),
+        body_limit=options.max_body_bytes,
+        resolve=options.resolve,
+        upstream_ca_file=options.upstream_ca_file,
+    )
+
+
+def _traffic_hosts(options: EnvoyConfigOptions, pool_route: dict[str, Any]) -> list[dict[str, Any]]:
+    if options.traffic is None:
+        return []
+    return traffic.render_virtual_hosts(options.traffic, _traffic_options(options), pool_route)
+
+
 def render_config(options: EnvoyConfigOptions) -> dict[str, Any]:
     """The Envoy bootstrap (v3) as a dict, ready for YAML or JSON."""
     _check(options)
@@ -346,7 +374,15 @@ def render_config(options: EnvoyConfigOptions) -> dict[str, Any]:
         "admin": {"address": _socket(options.admin_host, options.admin_port)},
         "static_resources": {
             "listeners": [_listener(options)],
-            "clusters": [_pool_cluster(options), _extproc_cluster(options)],
+            "clusters": [
+                _pool_cluster(options),
+                _extproc_cluster(options),
+                *(
+                    traffic.render_clusters(options.traffic, _traffic_options(options))
+                    if options.traffic
+                    else []
+                ),
+            ],
         },
     }
 

@@ -42,6 +42,7 @@ from epp.requestcontrol.director import Director
 from epp.requestcontrol.lifecycle import RequestLifecycle
 from epp.scheduling.types import SchedulingError
 from epp.servers import extproc_messages as msg
+from epp.servers.extproc_traffic import TrafficProcessor
 from epp.servers.outcomes import AccessLogReceiver, OutcomeBook
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class ExtProcServicer:
         book: OutcomeBook | None = None,
         pod_credentials: PodCredentials | None = None,
         end_after_route: bool = True,
+        traffic: TrafficProcessor | None = None,
     ) -> None:
         if fallback_endpoints < 0:
             raise ValueError(f"fallback_endpoints must be >= 0, got {fallback_endpoints}")
@@ -110,6 +112,7 @@ class ExtProcServicer:
         self._fallback_endpoints = fallback_endpoints
         self._pod_credentials = pod_credentials  # routed requests get the pod key (extproc_messages)
         self._end_after_route = end_after_route
+        self._traffic = traffic  # requests to route/provider hosts (extproc_traffic); None: pool only
 
     async def Process(
         self,
@@ -117,6 +120,10 @@ class ExtProcServicer:
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         """One HTTP request's messages from Envoy; answers each in order."""
+        provider = _upstream_provider(context)
+        if provider is not None:
+            await self._process_attempt(provider, request_iterator, context)
+            return
         stream = _Stream(self.book)
         # Cancellation normally reaches the finally below; the done callback also covers a handler task that
         # ends without running it.
@@ -135,6 +142,48 @@ class ExtProcServicer:
                     return
         finally:
             stream.end()
+
+    async def _process_attempt(
+        self,
+        provider: str,
+        request_iterator: AsyncIterator[pb.ProcessingRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        """The upstream filter's stream for one attempt to `provider`: rewrite it, then end the stream."""
+        headers: dict[str, str] = {}
+        chunks: list[bytes] = []
+        async for request in request_iterator:
+            kind = request.WhichOneof("request")
+            body: bytes | None = None
+            if kind == "request_headers":
+                for hv in request.request_headers.headers.headers:
+                    headers[hv.key.lower()] = (
+                        hv.raw_value.decode("utf-8", "replace") if hv.raw_value else hv.value
+                    )
+                if not request.request_headers.end_of_stream:
+                    await context.write(msg.continue_request_headers())
+                    continue
+            elif kind == "request_body":
+                chunks.append(request.request_body.body)
+                if not (
+                    request.request_body.end_of_stream or request.request_body.end_of_stream_without_message
+                ):
+                    await context.write(msg.continue_request_body())
+                    continue
+                body = b"".join(chunks)
+            else:
+                continue  # the filter sends nothing else (processing_mode skips the rest)
+            if self._traffic is None:
+                reply = _error(
+                    RequestError(502, "Traffic documents are not loaded.", code="no_traffic_config")
+                )
+            else:
+                try:
+                    reply = self._traffic.attempt(provider, headers, body)
+                except RequestError as exc:
+                    reply = _error(exc)
+            await context.write(reply)
+            return
 
     def _handle(self, stream: _Stream, request: pb.ProcessingRequest) -> pb.ProcessingResponse | None:
         kind = request.WhichOneof("request")
@@ -208,6 +257,16 @@ class ExtProcServicer:
 
     def _route(self, stream: _Stream, body: bytes, on_headers: bool) -> pb.ProcessingResponse:
         stream.routed = True
+        pool_route = False
+        if self._traffic is not None and self._traffic.owns(stream.headers):
+            try:
+                choice = self._traffic.choose(stream.headers, body)
+            except RequestError as exc:
+                return _error(exc)
+            provider = choice.target.provider
+            if provider is not None:
+                return msg.choose_provider(provider.host, choice.rule)
+            pool_route = True  # an LLMRoute backendRef naming the local pool: the picker's path
         try:
             lifecycle = self._director.begin(body, stream.headers, stream.path)
         except (RequestError, SchedulingError) as exc:
@@ -224,7 +283,15 @@ class ExtProcServicer:
         destination = ",".join([lifecycle.endpoint.address, *(e.address for e in fallbacks)])
         if on_headers:
             return msg.route_on_headers(destination, self._pod_credentials)
-        return msg.route_on_body(destination, lifecycle.rewritten_body, self._pod_credentials)
+        return msg.route_on_body(destination, lifecycle.rewritten_body, self._pod_credentials, pool_route)
+
+
+def _upstream_provider(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The provider an upstream filter's stream is for (its gRPC metadata), None for the listener's."""
+    for key, value in context.invocation_metadata() or ():
+        if key == msg.UPSTREAM_METADATA_KEY:
+            return value if isinstance(value, str) else value.decode()
+    return None
 
 
 def _error(exc: Exception) -> pb.ProcessingResponse:
@@ -244,6 +311,7 @@ class ExtProcServer:
         fallback_endpoints: int = 0,
         pod_credentials: PodCredentials | None = None,
         end_after_route: bool = True,
+        traffic: TrafficProcessor | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -254,6 +322,7 @@ class ExtProcServer:
             fallback_endpoints,
             pod_credentials=pod_credentials,
             end_after_route=end_after_route,
+            traffic=traffic,
         )
         self._access_log = AccessLogReceiver(self._servicer.book)
         self._server: grpc.aio.Server | None = None

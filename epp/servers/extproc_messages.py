@@ -16,6 +16,13 @@ from epp.pod_auth import PodCredentials
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 DESTINATION_METADATA_NAMESPACE = "envoy.lb"
 SERVED_BY_HEADER = "x-epp-endpoint"  # the pod that answered: set by epp's gateway, and by Envoy's route
+# Traffic documents behind Envoy (epp/envoy_gateway/traffic.py): epp's choice, read by the rendered routes,
+# and the gRPC metadata that tells the upstream ext_proc filter which provider an attempt goes to.
+PROVIDER_HEADER = "x-epp-provider"
+RULE_HEADER = "x-epp-rule"
+POOL_HEADER = "x-epp-pool"
+UPSTREAM_METADATA_KEY = "x-epp-upstream"  # gRPC metadata of the upstream filter (and its header)
+FROM_HEADER = "-"  # that metadata's value for an aggregate cluster: the provider is in the header
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
@@ -36,9 +43,11 @@ def _destination_metadata(address: str) -> struct_pb2.Struct:
 
 
 def _routing_common(
-    address: str, new_body: bytes | None, pod_credentials: PodCredentials | None
+    address: str, new_body: bytes | None, pod_credentials: PodCredentials | None, pool_route: bool = False
 ) -> pb.CommonResponse:
     headers = [_set_header(DESTINATION_HEADER, address)]
+    if pool_route:  # an LLMRoute chose the local pool: the route host's POOL_HEADER route takes it
+        headers.append(_set_header(POOL_HEADER, "1"))
     removed: tuple[str, ...] = ()
     if pod_credentials is not None:
         headers.extend(_set_header(name, value) for name, value in pod_credentials.set_headers())
@@ -63,14 +72,50 @@ def route_on_headers(address: str, pod_credentials: PodCredentials | None = None
 
 
 def route_on_body(
-    address: str, new_body: bytes | None, pod_credentials: PodCredentials | None = None
+    address: str,
+    new_body: bytes | None,
+    pod_credentials: PodCredentials | None = None,
+    pool_route: bool = False,
 ) -> pb.ProcessingResponse:
     """Answer to the (last chunk of the) request body: route to `address`, replacing the body if rewritten
     (with the pod key, if any)."""
+    common = _routing_common(address, new_body, pod_credentials, pool_route)
     return pb.ProcessingResponse(
-        request_body=pb.BodyResponse(response=_routing_common(address, new_body, pod_credentials)),
+        request_body=pb.BodyResponse(response=common),
         dynamic_metadata=_destination_metadata(address),
     )
+
+
+def choose_provider(provider: str, rule: str | None) -> pb.ProcessingResponse:
+    """Answer to the request body: send it to `provider`'s route (the rule picks its routeSpecificConfig).
+
+    Both headers are overwritten or removed, so a client cannot pick a provider or a rule itself."""
+    headers = [_set_header(PROVIDER_HEADER, provider)]
+    removed = [POOL_HEADER]
+    if rule is None:
+        removed.append(RULE_HEADER)
+    else:
+        headers.append(_set_header(RULE_HEADER, rule))
+    common = pb.CommonResponse(
+        header_mutation=pb.HeaderMutation(set_headers=headers, remove_headers=removed), clear_route_cache=True
+    )
+    return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
+
+
+def provider_attempt(
+    set_headers: dict[str, str], remove_headers: list[str], body: bytes | None
+) -> pb.ProcessingResponse:
+    """The upstream filter's answer: one attempt rewritten for its provider (None body: answer headers)."""
+    headers = [_set_header(k, v) for k, v in set_headers.items()]
+    if body is None:
+        mutation = pb.HeaderMutation(set_headers=headers, remove_headers=remove_headers)
+        return pb.ProcessingResponse(
+            request_headers=pb.HeadersResponse(response=pb.CommonResponse(header_mutation=mutation))
+        )
+    headers.append(_set_header("content-length", str(len(body))))
+    mutation = pb.HeaderMutation(set_headers=headers, remove_headers=remove_headers)
+    common = pb.CommonResponse(header_mutation=mutation, body_mutation=pb.BodyMutation(body=body))
+    return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
 
 
 def immediate(status: int, body: bytes, details: str) -> pb.ProcessingResponse:

@@ -1,6 +1,6 @@
-"""LLM traffic management: ASM's LLMProvider/LLMRoute plus Istio DestinationRule/VirtualService documents.
+"""LLM traffic management at request time, shared by both data planes.
 
-`build_traffic` validates the documents into a `TrafficConfig`; `TrafficRouter` picks a provider (or a
-local pool) per request; `rewrite_body` applies the provider's openAIConfig; `resolve` holds the host
-override map and the upstream TLS context.
+The documents are loaded and checked by `epp.config.traffic` (`build_traffic` -> `TrafficConfig`);
+`TrafficRouter` picks a provider (or a local pool) per request, `rewrite_body` applies the provider's
+openAIConfig, and `resolve` holds the host override map and the upstream TLS context.
 """

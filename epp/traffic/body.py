@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from epp.traffic.documents import OpenAIConfig
+from epp.config.traffic.documents import OpenAIConfig
 
 
 class BodyError(ValueError):

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from epp.traffic.documents import normalise_host
-from epp.traffic.policy import UpstreamTLS
+from epp.config.traffic.documents import normalise_host
+from epp.config.traffic.policy import UpstreamTLS
 
 
 @dataclass(frozen=True, slots=True)

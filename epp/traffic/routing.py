@@ -16,10 +16,16 @@ from dataclasses import dataclass
 from itertools import accumulate
 from urllib.parse import urlencode
 
+from epp.config.traffic.config import TrafficConfig
+from epp.config.traffic.documents import (
+    LLMProviderSpec,
+    OpenAIConfig,
+    RouteMatch,
+    StringMatch,
+    normalise_host,
+)
+from epp.config.traffic.policy import DEFAULT_CLIENT_PORT
 from epp.traffic.body import BodyError, RewrittenBody, rewrite_body
-from epp.traffic.config import TrafficConfig
-from epp.traffic.documents import LLMProviderSpec, OpenAIConfig, RouteMatch, StringMatch, normalise_host
-from epp.traffic.policy import DEFAULT_CLIENT_PORT
 
 __all__ = ["BodyError", "Choice", "RewrittenBody", "Target", "TrafficRouter", "rewrite_body", "split_host"]
 

@@ -6,9 +6,9 @@ from collections.abc import Collection
 from typing import TypeVar
 
 from epp.config.errors import ConfigIssue, DocumentRef, show_value
-from epp.traffic.config import Placed, TrafficConfig
-from epp.traffic.documents import LLMProvider, LLMRoute
-from epp.traffic.istio import DestinationRule, VirtualService
+from epp.config.traffic.config import Placed, TrafficConfig
+from epp.config.traffic.documents import LLMProvider, LLMRoute
+from epp.config.traffic.istio import DestinationRule, VirtualService
 
 
 def _at(ref: DocumentRef) -> str:

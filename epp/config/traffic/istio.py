@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 from pydantic import Field, StrictBool, StrictInt, model_validator
 
+from epp.config.traffic.documents import Host, KubeDocument, StrictModel
 from epp.health.outlier_settings import OutlierDetectionSpec
-from epp.traffic.documents import Host, KubeDocument, StrictModel
 
 ISTIO_GROUP = "networking.istio.io"
 ISTIO_API_VERSIONS = tuple(f"{ISTIO_GROUP}/{v}" for v in ("v1", "v1beta1", "v1alpha3"))

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from epp.config.errors import ConfigError, DocumentRef
-from epp.traffic.documents import LLMProvider, LLMRoute
-from epp.traffic.istio import DestinationRule, VirtualService
-from epp.traffic.policy import UpstreamPolicy, upstream_policy
+from epp.config.traffic.documents import LLMProvider, LLMRoute
+from epp.config.traffic.istio import DestinationRule, VirtualService
+from epp.config.traffic.policy import UpstreamPolicy, upstream_policy
 
 TrafficDocument = LLMProvider | LLMRoute | DestinationRule | VirtualService
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from epp.config.traffic.documents import LLMProviderSpec
+from epp.config.traffic.istio import DestinationRuleSpec, TLSSettings
 from epp.health.outlier import OutlierSettings
-from epp.traffic.documents import LLMProviderSpec
-from epp.traffic.istio import DestinationRuleSpec, TLSSettings
 
 # The port an ASM client addresses a provider on (plain HTTP; the mesh upgrades it to HTTPS).
 DEFAULT_CLIENT_PORT = 80

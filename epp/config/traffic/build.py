@@ -25,10 +25,10 @@ from epp.config.errors import (
     issues_from_validation_error,
     show_value,
 )
-from epp.traffic.config import Placed, TrafficConfig, TrafficConfigError, TrafficDocument
-from epp.traffic.documents import ASM_API_VERSION, KubeDocument, LLMProvider, LLMRoute, normalise_host
-from epp.traffic.istio import ISTIO_API_VERSIONS, DestinationRule, VirtualService
-from epp.traffic.links import link
+from epp.config.traffic.config import Placed, TrafficConfig, TrafficConfigError, TrafficDocument
+from epp.config.traffic.documents import ASM_API_VERSION, KubeDocument, LLMProvider, LLMRoute, normalise_host
+from epp.config.traffic.istio import ISTIO_API_VERSIONS, DestinationRule, VirtualService
+from epp.config.traffic.links import link
 
 RawDocument = tuple[str, int, Mapping[str, Any]]  # (file path, 1-based document index, parsed YAML)
 SecretReader = Callable[[str], str]
@@ -57,6 +57,20 @@ def build_traffic(
 
     `pools` names the local InferencePools a backendRef may use (None: not checked).
     """
+    config, issues, secrets = collect_traffic(docs, env, pools, read_secret)
+    if issues:
+        raise TrafficConfigError(issues, Redactor(secrets))
+    return config
+
+
+def collect_traffic(
+    docs: Iterable[RawDocument],
+    env: Mapping[str, str],
+    pools: Collection[str] | None = None,
+    read_secret: SecretReader = read_secret_file,
+) -> tuple[TrafficConfig, list[ConfigIssue], set[str]]:
+    """build_traffic without the raise: (config, issues, secret values to redact), for the config loader
+    to merge the issues with its own into one error."""
     issues: list[ConfigIssue] = []
     secrets: set[str] = set()
     placed: list[Placed] = []
@@ -73,10 +87,13 @@ def build_traffic(
             if isinstance(host, str):
                 broken.add(normalise_host(host))
     config = link(placed, pools, issues, broken)
-    if issues:
-        issues.sort(key=lambda i: (order.get(i.where.source, 0), i.where.index or 0))  # stable: per document
-        raise TrafficConfigError(issues, Redactor(secrets))
-    return config
+    issues.sort(key=lambda i: (order.get(i.where.source, 0), i.where.index or 0))  # stable: per document
+    return config, issues, secrets
+
+
+def is_traffic_document(raw: object) -> bool:
+    """True for a document build_traffic parses itself (the loader must not env-expand or keep it)."""
+    return isinstance(raw, Mapping) and raw.get("kind") in KINDS and isinstance(raw.get("apiVersion"), str)
 
 
 def _ref(source: str, index: int, raw: Mapping[str, Any]) -> DocumentRef:

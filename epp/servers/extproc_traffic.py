@@ -1,0 +1,91 @@
+"""The traffic documents in the ext_proc server: the choice (downstream filter) and each attempt's rewrite
+(the provider clusters' upstream filter); the Envoy side is epp/envoy_gateway/traffic.py.
+
+Downstream, a request whose `:authority` is a route's or provider's host gets its provider chosen by the
+shared TrafficRouter (the same rules and weights as `epp gateway`) and answered with x-epp-provider and
+x-epp-rule; its body is only checked here. Upstream, an attempt to provider P (named in the stream's gRPC
+metadata) gets P's path and host, P's `model`/`stream` for the rule, and P's Authorization: so a retry on a
+fallback provider carries the fallback's own model and key. Nothing here logs a header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from epp.request import RequestError
+from epp.servers import extproc_messages as msg
+from epp.traffic.routing import BodyError, Choice, Target, TrafficRouter, split_host
+
+# Client credentials never reach a provider unless its passClientCredentials says so (Authorization only).
+_CLIENT_CREDENTIALS = ("authorization", "api-key", "x-api-key")
+_INTERNAL = (
+    msg.PROVIDER_HEADER,
+    msg.RULE_HEADER,
+    msg.POOL_HEADER,
+    msg.DESTINATION_HEADER,
+    msg.UPSTREAM_METADATA_KEY,
+)
+
+
+class TrafficProcessor:
+    def __init__(self, router: TrafficRouter) -> None:
+        self.router = router
+        config = router.config
+        self._hosts = frozenset({*config.routes, *config.providers})
+        self._targets: dict[tuple[str, str | None], Target] = {}
+
+    def owns(self, headers: Mapping[str, str]) -> bool:
+        """Whether the request is addressed to a route or provider host (else it takes the pool path)."""
+        return split_host(_authority(headers))[0] in self._hosts
+
+    def choose(self, headers: Mapping[str, str], body: bytes) -> Choice:
+        """The Choice for a request `owns` accepted; RequestError (404 no rule matched, 400 bad body)."""
+        choice = self.router.choose(_authority(headers), headers)
+        if choice is None:
+            raise RequestError(404, "No rule of this host's route matches the request.", code="no_route_rule")
+        if choice.target.provider is not None:
+            try:
+                choice.target.rewrite(body)  # only checked: each attempt is rewritten for its own provider
+            except BodyError as exc:
+                raise RequestError(400, str(exc), code="invalid_body") from None
+        return choice
+
+    def attempt(self, provider: str, headers: Mapping[str, str], body: bytes | None) -> pb.ProcessingResponse:
+        """The rewrite of one attempt to `provider` (None body: a bodyless request, headers only).
+
+        `provider` FROM_HEADER: an aggregate (fallback) cluster's attempt, whose member Envoy named in the
+        UPSTREAM_METADATA_KEY header (Envoy overwrites it, so a client cannot)."""
+        if provider == msg.FROM_HEADER:
+            provider = headers.get(msg.UPSTREAM_METADATA_KEY, "")
+        target = self._target(provider, headers.get(msg.RULE_HEADER) or None)
+        if target is None:
+            raise RequestError(
+                502, "The provider of this attempt is not configured.", code="unknown_provider"
+            )
+        assert target.provider is not None
+        new_body = None
+        if body is not None:
+            try:
+                new_body = target.rewrite(body).body
+            except BodyError as exc:
+                raise RequestError(400, str(exc), code="invalid_body") from None
+        set_headers = {":path": target.path_and_query(), ":authority": target.provider.host}
+        set_headers.update(target.upstream_headers(headers.get("authorization")))
+        removed = [h for h in (*_INTERNAL, *_CLIENT_CREDENTIALS) if h not in set_headers]
+        return msg.provider_attempt(set_headers, removed, new_body)
+
+    def _target(self, host: str, rule: str | None) -> Target | None:
+        key = (host, rule)
+        target = self._targets.get(key)
+        if target is None:
+            provider = self.router.config.providers.get(host)
+            if provider is None:
+                return None
+            target = self._targets[key] = Target(provider.spec, None, provider.spec.openai_for(rule))
+        return target
+
+
+def _authority(headers: Mapping[str, str]) -> str:
+    return headers.get(":authority") or headers.get("host", "")

@@ -1,0 +1,82 @@
+"""Prometheus metrics of provider traffic (LLMRoute/LLMProvider), per route and provider.
+
+Labels come from the config only (route and rule names, provider hosts), never from a request, so their
+number is bounded; no header or key value is ever a label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from epp.labelled_metrics import LabelledChildren
+from gateway.metrics import DURATION_BUCKETS, TTFT_BUCKETS
+
+NO_ROUTE = "-"  # the `route` label of a request sent to a provider's own host
+
+
+class TrafficMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.requests = Counter(
+            "epp_gateway_provider_requests",
+            "Provider requests by route, rule, the provider that served (or last failed) and status.",
+            ["route", "rule", "provider", "status"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "epp_gateway_provider_errors",
+            "Failed provider attempts by route, provider and class (http_5xx, connect_failed, "
+            "first_byte_timeout, reset, chunk_timeout, aborted).",
+            ["route", "provider", "error"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "epp_gateway_provider_fallbacks",
+            "Requests sent to a fallback provider: reason ejected (the target was out) or retry (it failed).",
+            ["route", "from_provider", "to_provider", "reason"],
+            registry=r,
+        )
+        self.ejections = Counter(
+            "epp_gateway_provider_ejections",
+            "Outlier-detection ejections of a provider host, by reason.",
+            ["provider", "reason"],
+            registry=r,
+        )
+        self.ejected = Gauge(
+            "epp_gateway_provider_ejected",
+            "1 while a provider host is ejected, else 0.",
+            ["provider"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "epp_gateway_provider_tokens",
+            "Tokens reported in providers' usage, by route, provider and kind (prompt or completion).",
+            ["route", "provider", "kind"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "epp_gateway_provider_request_duration_seconds",
+            "Arrival to the last byte of a provider request's answer.",
+            ["route", "provider"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "epp_gateway_provider_time_to_first_token_seconds",
+            "Arrival to the first content chunk of a provider's answer.",
+            ["route", "provider"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.request_count = LabelledChildren(self.requests)
+        self.error_count = LabelledChildren(self.errors)
+        self.fallback_count = LabelledChildren(self.fallbacks)
+        self.token_count = LabelledChildren(self.tokens)
+        self.duration_of = LabelledChildren(self.duration)
+        self.ttft_of = LabelledChildren(self.ttft)
+
+    def on_ejection(self, provider: str, ejected: bool, reason: str) -> None:
+        """An OutlierDetector listener."""
+        if ejected:
+            self.ejections.labels(provider, reason).inc()
+        self.ejected.labels(provider).set(1 if ejected else 0)
