@@ -1,20 +1,23 @@
 """Build the endpoint picker from config and run it: scraper, scheduler, ext_proc gRPC and HTTP servers.
 
 Everything is created here and passed down; nothing is global. `EppApp.run()` serves until SIGINT/SIGTERM
-(or `request_stop()`), then stops the servers and the scraper in order.
+(or `request_stop()`), then stops the servers and the scraper in order. The traffic documents are reloaded
+on a file change or SIGHUP (epp.config_reload); the rest of the config is restart-only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
-from epp.config import EppConfig
+from epp.config import EppConfig, load_config
 from epp.config.traffic.config import TrafficConfig
+from epp.config_reload import ConfigWatcher
 from epp.core import PickerCore, PickerOptions, load_pool
 from epp.datastore import Endpoint
 from epp.embedded_http import EmbeddedServer
@@ -39,7 +42,7 @@ class ServeOptions(PickerOptions):
 def build_app(options: ServeOptions, env: Mapping[str, str]) -> EppApp:
     """Load config and build every part; raises ConfigError (file, document, field, reason) on bad input."""
     config, endpoints = load_pool(options, env)
-    return EppApp(config, endpoints, options, traffic=config.traffic)
+    return EppApp(config, endpoints, options, traffic=config.traffic, env=env)
 
 
 class EppApp:
@@ -52,9 +55,11 @@ class EppApp:
         options: ServeOptions,
         scrape_client: httpx.AsyncClient | None = None,
         traffic: TrafficConfig | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         """`scrape_client` (owned by the caller) is what the scraper uses; by default epp makes its own.
-        `traffic`: the LLMProvider/LLMRoute documents, chosen by the ext_proc server (extproc_traffic)."""
+        `traffic`: the LLMProvider/LLMRoute documents, chosen by the ext_proc server (extproc_traffic).
+        `env`: what `${VAR}` in the config expands from on a reload (default: nothing)."""
         self.config = config
         self.options = options
         self.core = PickerCore(
@@ -69,6 +74,7 @@ class EppApp:
         self.metrics = self.core.metrics
         self.rng = self.core.rng
         self.director = self.core.director
+        self.traffic = TrafficProcessor(TrafficRouter(traffic, self.rng)) if traffic is not None else None
         self.http_app = create_http_app(
             self.director, self.datastore, self.metrics.registry, options.max_body_bytes
         )
@@ -79,7 +85,16 @@ class EppApp:
             options.max_body_bytes,
             options.fallback_endpoints,
             pod_credentials=options.pod_credentials,
-            traffic=TrafficProcessor(TrafficRouter(traffic, self.rng)) if traffic is not None else None,
+            traffic=self.traffic,
+        )
+        paths = [Path(p) for p in options.config_paths]
+        self.reloader = ConfigWatcher(
+            paths,
+            config,
+            lambda: load_config(paths, env or {}, strategy=options.strategy),
+            self._apply_reload,
+            self.metrics.registry,
+            options.config_reload_interval_s,
         )
         self._scrape_client = scrape_client
         self._http = EmbeddedServer(self.http_app, options.host, options.http_port, options.log_level)
@@ -87,12 +102,21 @@ class EppApp:
         self.http_port = options.http_port
         self.grpc_port = options.grpc_port
 
+    def _apply_reload(self, new: EppConfig) -> Sequence[str]:
+        """Swap in the new traffic documents; what could not be applied (for the reload's log line)."""
+        if self.traffic is None:  # the ext_proc server was built without a traffic processor
+            return ["traffic documents (none at start-up)"] if new.traffic is not None else []
+        # No documents left: an empty set, so every request takes the pool path as without any.
+        self.traffic.replace(TrafficRouter(new.traffic or TrafficConfig(), self.rng))
+        return []
+
     async def start(self) -> None:
         """Start scraping and both servers; sets `grpc_port` and `http_port` to the bound ports."""
         opts = self.options
         self.core.start_scraping(opts.scrape_interval_s, opts.scrape_timeout_s, self._scrape_client)
         self.grpc_port = await self.extproc.start()
         self.http_port = await self._http.start()
+        self.reloader.start()
         logger.info(
             "epp serving: ext_proc grpc %s:%d, http %s:%d, strategy %s, %d endpoints, staleness %.3gs",
             opts.host,
@@ -110,6 +134,7 @@ class EppApp:
 
     async def stop(self) -> None:
         """Stop serving (in-flight HTTP and gRPC calls get a short grace period), then stop scraping."""
+        await self.reloader.close()
         await self._http.stop()
         await self.extproc.stop(grace=2.0)
         await self.core.close()
@@ -122,7 +147,7 @@ class EppApp:
         try:
             await self.start()
             assert self._http.task is not None
-            await wait_for_shutdown(self._stop, self._http.task)
+            await wait_for_shutdown(self._stop, self._http.task, self.reloader.request_reload)
             logger.info("epp shutting down")
         finally:
             await self.stop()

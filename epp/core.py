@@ -49,6 +49,7 @@ class PickerOptions:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_attempts: int = 2  # pods tried per request (gateway retries, Envoy fallbacks + 1)
     pod_credentials: PodCredentials | None = None  # the pods' API key (epp.pod_auth); repr redacted
+    config_reload_interval_s: float = 2.0  # poll the config files for changes (0: only on SIGHUP)
 
 
 def load_pool(options: PickerOptions, env: Mapping[str, str]) -> tuple[EppConfig, list[Endpoint]]:

@@ -5,18 +5,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable
 
 
-async def wait_for_shutdown(stop: asyncio.Event, server_task: asyncio.Task[None]) -> None:
-    """Return on SIGINT/SIGTERM, when `stop` is set, or when `server_task` ends on its own.
+async def wait_for_shutdown(
+    stop: asyncio.Event, server_task: asyncio.Task[None], on_hangup: Callable[[], None] | None = None
+) -> None:
+    """Return on SIGINT/SIGTERM, when `stop` is set, or when `server_task` ends on its own; SIGHUP calls
+    `on_hangup` (a config reload) if given.
 
     Signal handlers are installed only where the loop allows it (the main thread on Unix).
     """
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    handlers: list[tuple[signal.Signals, Callable[[], object]]] = [
+        (signal.SIGINT, stop.set),
+        (signal.SIGTERM, stop.set),
+    ]
+    if on_hangup is not None and hasattr(signal, "SIGHUP"):
+        handlers.append((signal.SIGHUP, on_hangup))
+    for sig, handler in handlers:
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, handler)
             handled.append(sig)
     stop_wait = asyncio.create_task(stop.wait())
     try:

@@ -6,13 +6,13 @@ import argparse
 import logging
 from typing import Any
 
-from epp.config.cli_types import any_int, positive_int, positive_seconds
+from epp.config.cli_types import any_int, non_negative_seconds, positive_int, positive_seconds
 from epp.config.routing_strategy import RoutingStrategy
 
 
 def add_picker_arguments(p: argparse.ArgumentParser) -> None:
     """--config, --endpoints, --strategy, --host, --scrape-interval/-timeout, --staleness, --max-attempts,
-    --seed, --log-level."""
+    --seed, --log-level, --config-reload-interval."""
     p.add_argument(
         "--config",
         action="append",
@@ -49,6 +49,13 @@ def add_picker_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=any_int, default=None, help="seed for random pickers (reproducible runs)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument(
+        "--config-reload-interval",
+        type=non_negative_seconds,
+        default=2.0,
+        help="seconds between checks of the --config files for changes, applied without a restart "
+        "(traffic documents only; SIGHUP reloads at once); 0: only on SIGHUP (default 2)",
+    )
 
 
 def picker_option_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -64,6 +71,7 @@ def picker_option_values(args: argparse.Namespace) -> dict[str, Any]:
         "staleness_s": args.staleness,
         "seed": args.seed,
         "log_level": args.log_level,
+        "config_reload_interval_s": args.config_reload_interval,
     }
 
 

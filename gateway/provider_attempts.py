@@ -1,10 +1,16 @@
 """One provider request's attempts: the chosen target, its VirtualService fallbacks, and outlier detection.
 
-`ProviderHealth` holds one OutlierDetector per provider host that a DestinationRule gives outlierDetection
-(each provider host is its own service, as each is its own Envoy cluster under ASM), fed by every attempt.
+`ProviderHealth` holds one OutlierDetector per service: the provider hosts a route's weights split over
+(`Choice.service`; a provider's own host is a service of one), so `maxEjectionPercent` and
+`minHealthPercent` act on that set as Envoy's do on a cluster's hosts. Hosts of a service whose
+DestinationRules give different outlierDetection settings are separate detectors (one cluster, one
+setting); hosts without outlierDetection are never ejected. Each detector is fed by every attempt made in
+its service.
+
 `ProviderAttempts` implements gateway.forward.Attempts: while the chosen target is ejected the request
 starts on the first fallback that is not; an attempt that fails before any byte reached the client is
-retried once on the next fallback (`retry_on_fallback`).
+retried on the next fallback, then on the rule's other backends that are not ejected, up to the rule's
+`retries` (default 1, or 0 without `retry_on_fallback`).
 """
 
 from __future__ import annotations
@@ -15,13 +21,16 @@ from dataclasses import dataclass
 
 from epp.config.traffic.config import TrafficConfig
 from epp.health.outlier import AttemptResult, OutlierDetector
+from epp.requestcontrol.lifecycle import FIRST_BYTE_TIMEOUT
 from epp.scheduling.types import CLIENT_GONE
 from epp.traffic.routing import Choice, Target
 from gateway.traffic_metrics import NO_ROUTE, TrafficMetrics
 
+Service = tuple[str, ...]  # provider hosts, sorted
+
 
 class ProviderHealth:
-    """Outlier detectors by provider host (created on first use; `clock` is injected for tests)."""
+    """Outlier detectors by service (created on first use; `clock` is injected for tests)."""
 
     def __init__(
         self, config: TrafficConfig, metrics: TrafficMetrics, clock: Callable[[], float] = time.monotonic
@@ -29,25 +38,43 @@ class ProviderHealth:
         self._config = config
         self._metrics = metrics
         self._clock = clock
-        self._detectors: dict[tuple[str, int], OutlierDetector | None] = {}
+        self._by_host: dict[tuple[Service, str, int], OutlierDetector | None] = {}
+        self._detectors: dict[tuple[Service, int], OutlierDetector] = {}  # by members and port
 
-    def detector(self, host: str, port: int) -> OutlierDetector | None:
-        key = (host, port)
-        if key not in self._detectors:
-            settings = self._config.upstream(host, port).outlier
-            detector = None
-            if settings is not None:
-                detector = OutlierDetector(settings, self._clock, self._metrics.on_ejection)
-                detector.set_hosts([host])
-            self._detectors[key] = detector
-        return self._detectors[key]
+    def detector(self, service: Service, host: str, port: int) -> OutlierDetector | None:
+        """The detector counting `host` in `service` (addressed on `port`); None without outlierDetection."""
+        key = (service, host, port)
+        if key not in self._by_host:
+            self._by_host[key] = self._build(service, host, port)
+        return self._by_host[key]
 
-    def is_ejected(self, host: str, port: int) -> bool:
-        detector = self.detector(host, port)
+    def _build(self, service: Service, host: str, port: int) -> OutlierDetector | None:
+        settings = self._config.upstream(host, port).outlier
+        if settings is None:
+            return None
+        members = tuple(h for h in service if self._config.upstream(h, port).outlier == settings) or (host,)
+        detector = self._detectors.get((members, port))
+        if detector is None:
+            label = ",".join(members)  # config names only: a bounded label
+
+            def listener(provider: str, ejected: bool, reason: str) -> None:
+                self._metrics.on_ejection(provider, ejected, reason, label)
+
+            detector = OutlierDetector(settings, self._clock, listener)
+            detector.set_hosts(members)
+            self._detectors[(members, port)] = detector
+        return detector
+
+    def is_ejected(self, service: Service, host: str, port: int) -> bool:
+        detector = self.detector(service, host, port)
         return detector is not None and detector.is_ejected(host)
 
-    def record(self, host: str, port: int, result: AttemptResult) -> None:
-        detector = self.detector(host, port)
+    def is_ejected_in(self, service: Service, port: int, host: str) -> bool:
+        """epp.traffic.routing.EjectedCheck: is_ejected with the router's argument order."""
+        return self.is_ejected(service, host, port)
+
+    def record(self, service: Service, host: str, port: int, result: AttemptResult) -> None:
+        detector = self.detector(service, host, port)
         if detector is not None:
             detector.record(host, result)
 
@@ -80,9 +107,11 @@ class ProviderAttempts:
         self._health = health
         self._metrics = metrics
         self._arrived = arrived
-        self._retry = retry_on_fallback
         self._port = choice.port
         self._remaining = list(choice.fallbacks)
+        self._siblings = list(choice.siblings)
+        default = 1 if retry_on_fallback else 0
+        self._budget = default if choice.retries is None else choice.retries
         self._tried: set[str] = set()
         self.attempts = 0
         self.status: int | None = None  # the open (or last) attempt's status
@@ -132,7 +161,7 @@ class ProviderAttempts:
             return
         self._open = False
         name = self._upstream.name
-        self._health.record(name, self._port, AttemptResult.from_status(self.status or 200))
+        self._record(name, AttemptResult.from_status(self.status or 200))
         tokens = self._metrics.token_count
         if prompt_tokens:
             tokens(self.route, name, "prompt").inc(prompt_tokens)
@@ -149,27 +178,43 @@ class ProviderAttempts:
         if status is not None:
             self.status = status
         kind = AttemptResult.from_status(status) if status is not None else AttemptResult.GATEWAY_ERROR
-        self._health.record(name, self._port, kind)
+        self._record(name, kind)
         self._metrics.error_count(self.route, name, error).inc()
 
     def retry(self, reason: str) -> ProviderUpstream | None:
-        """The next fallback (one retry at most), preferring one that is not ejected; None when none."""
-        if not self._retry or self.attempts >= 2 or self._open:
+        """The next upstream within the retry budget, or None.
+
+        A fallback not yet tried (preferring one that is not ejected, else the first), then the rule's other
+        backends that are not ejected (an ejected sibling is what the draw avoided).
+        """
+        if self.attempts > self._budget or self._open:
             return None
         candidates = [t for t in self._remaining if t.host not in self._tried]
-        if not candidates:
-            return None
-        nxt = next((t for t in candidates if not self._ejected(t)), candidates[0])
-        self._remaining.remove(nxt)
+        pool = self._remaining
+        nxt = next((t for t in candidates if not self._ejected(t)), candidates[0] if candidates else None)
+        if nxt is None:
+            pool = self._siblings
+            nxt = next((t for t in pool if t.host not in self._tried and not self._ejected(t)), None)
+            if nxt is None:
+                return None
+        pool.remove(nxt)
         self._count_fallback(self._upstream.target, nxt, "retry")
         self._upstream = ProviderUpstream(nxt)
         return self._upstream
+
+    def timed_out(self) -> None:
+        """The route's deadline passed with an attempt open: a timeout, as outlier detection sees it."""
+        self.fail(FIRST_BYTE_TIMEOUT)
 
     def close(self) -> None:
         self.fail(CLIENT_GONE)
 
     def _ejected(self, target: Target) -> bool:
-        return target.host is not None and self._health.is_ejected(target.host, self._port)
+        host = target.host
+        return host is not None and self._health.is_ejected(self.choice.service_of(host), host, self._port)
+
+    def _record(self, host: str, result: AttemptResult) -> None:
+        self._health.record(self.choice.service_of(host), host, self._port, result)
 
     def _count_fallback(self, source: Target, to: Target, reason: str) -> None:
         self.fallback_reason = reason

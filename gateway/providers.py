@@ -6,10 +6,13 @@ pipeline to the picker. For a provider: the body gets the matched rule's `model`
 `stream_options.include_usage`, stripped again from the answer when the client did not ask), the path is
 the provider's, the client's credentials are replaced by `Authorization: Bearer <apiKey>`, and the request
 goes over HTTPS (verified, see epp.traffic.resolve.tls_context) through gateway.forward's attempt loop.
+A rule's `timeout` bounds that loop (arrival to the answer's first byte, all attempts): past it the open
+attempt counts as a timeout and the client gets a 504 JSON error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import ssl
 import time
@@ -20,7 +23,8 @@ from epp.config.traffic.policy import UpstreamTLS
 from epp.request import RequestError
 from epp.traffic.resolve import tls_context
 from epp.traffic.routing import BodyError, RewrittenBody, Target, TrafficRouter, split_host
-from gateway.context import Reply, RequestContext
+from gateway.asgi import error_body
+from gateway.context import OUTCOME_UPSTREAM_FAILED, BytesReply, Reply, RequestContext
 from gateway.forward import Outgoing, UpstreamPool, forward, forwardable_headers
 from gateway.provider_attempts import ProviderAttempts, ProviderHealth
 from gateway.traffic_metrics import TrafficMetrics
@@ -54,7 +58,7 @@ class ProviderStage:
 
     async def run(self, ctx: RequestContext) -> Reply | None:
         authority = ctx.headers.get("host", "")
-        choice = self._router.choose(authority, ctx.headers)
+        choice = self._router.choose(authority, ctx.headers, self.health.is_ejected_in)
         if choice is None:
             host, _ = split_host(authority)
             if host in self._config.routes:
@@ -95,7 +99,18 @@ class ProviderStage:
         strip = None
         if first.stream and not first.client_asked_usage:
             strip = UsageStripper().feed
-        return await forward(ctx, attempts, self._pool.session, self._pool.timeouts.chunk_s, outgoing, strip)
+        sending = forward(ctx, attempts, self._pool.session, self._pool.timeouts.chunk_s, outgoing, strip)
+        if choice.timeout_s is None:
+            return await sending
+        left = choice.timeout_s - (time.perf_counter() - ctx.started)
+        try:
+            async with asyncio.timeout(max(left, 0.0)):
+                return await sending
+        except TimeoutError:
+            attempts.timed_out()
+            ctx.result = OUTCOME_UPSTREAM_FAILED
+            message = f"The provider did not answer within the route's timeout ({choice.timeout_s:g}s)."
+            return BytesReply(504, error_body(504, message, "timeout", "api_error"))
 
     def _rewrite(self, target: Target, body: bytes) -> RewrittenBody:
         try:

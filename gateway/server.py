@@ -1,7 +1,8 @@
 """Build the gateway from config and run it: the picking core, the upstream client, the pipeline, the server.
 
 `Gateway.run()` serves until SIGINT/SIGTERM (or `request_stop()`), then stops the server, the scraper and the
-upstream connections in order.
+upstream connections in order. The traffic documents are reloaded on a file change or SIGHUP
+(epp.config_reload); the rest of the config is restart-only.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from epp import limits
-from epp.config import EppConfig
+from epp.config import EppConfig, load_config
+from epp.config.traffic.config import TrafficConfig
+from epp.config_reload import ConfigWatcher
 from epp.core import PickerCore, PickerOptions, load_pool
 from epp.datastore import Endpoint
 from epp.embedded_http import EmbeddedServer
@@ -29,6 +33,7 @@ from gateway.pipeline import ModelCheckStage, ParseStage, Pipeline, ScheduleStag
 from gateway.providers import ProviderStage
 from gateway.record import RequestRecorder
 from gateway.traffic_metrics import TrafficMetrics
+from gateway.traffic_swap import SwappableProviders
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +79,20 @@ def build_gateway(options: GatewayOptions, env: Mapping[str, str]) -> Gateway:
     ValueError for routes the gateway cannot serve."""
     check_routes(options.allowed_routes)
     parse_overrides(options.resolve)  # ValueError for a bad entry, before anything is loaded
-    return Gateway(*load_pool(options, env), options)
+    return Gateway(*load_pool(options, env), options, env=env)
 
 
 class Gateway:
     """One gateway: a picking core, its scraper, a pooled upstream client and the HTTP server."""
 
-    def __init__(self, config: EppConfig, endpoints: list[Endpoint], options: GatewayOptions) -> None:
+    def __init__(
+        self,
+        config: EppConfig,
+        endpoints: list[Endpoint],
+        options: GatewayOptions,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """`env`: what `${VAR}` in the config expands from, on a reload too (default: nothing)."""
         self.config = config
         self.options = options
         self.core = PickerCore(
@@ -102,22 +114,24 @@ class Gateway:
         director = self.core.director
         stages: list[Stage] = []
         self.traffic_metrics: TrafficMetrics | None = None
-        self.providers: ProviderStage | None = None
         self.provider_upstream: UpstreamPool | None = None
+        self._providers: SwappableProviders | None = None
         if config.traffic is not None:
             # Own connections: the resolver overrides apply to providers only, never to pods.
             resolver = OverrideResolver(parse_overrides(options.resolve))
             self.provider_upstream = UpstreamPool(timeouts, options.max_connections, resolver=resolver)
             self.traffic_metrics = TrafficMetrics(registry)
-            self.providers = ProviderStage(
-                config.traffic,
-                self.provider_upstream,
-                self.traffic_metrics,
-                random.Random(options.seed),
-                options.clock,
-                options.retry_on_fallback,
-            )
-            stages.append(self.providers)
+            self._providers = SwappableProviders(self._provider_stage(config.traffic))
+            stages.append(self._providers)
+        paths = [Path(p) for p in options.config_paths]
+        self.reloader = ConfigWatcher(
+            paths,
+            config,
+            lambda: load_config(paths, env or {}, strategy=options.strategy),
+            self._apply_reload,
+            registry,
+            options.config_reload_interval_s,
+        )
         self.pipeline = Pipeline(
             [
                 *stages,
@@ -156,6 +170,32 @@ class Gateway:
         self._stop = asyncio.Event()
         self.port = options.port
 
+    def _provider_stage(self, traffic: TrafficConfig) -> ProviderStage:
+        # A new stage per version: its outlier detectors start afresh (ejections do not survive a reload).
+        assert self.provider_upstream is not None and self.traffic_metrics is not None
+        opts = self.options
+        return ProviderStage(
+            traffic,
+            self.provider_upstream,
+            self.traffic_metrics,
+            random.Random(opts.seed),
+            opts.clock,
+            opts.retry_on_fallback,
+        )
+
+    def _apply_reload(self, new: EppConfig) -> Sequence[str]:
+        """Swap in the new traffic documents; what could not be applied (for the reload's log line)."""
+        if self._providers is None:
+            # No provider connections or metrics were set up at start-up.
+            return ["traffic documents (none at start-up)"] if new.traffic is not None else []
+        self._providers.current = None if new.traffic is None else self._provider_stage(new.traffic)
+        return []
+
+    @property
+    def providers(self) -> ProviderStage | None:
+        """The provider stage requests arriving now get (None: no traffic documents)."""
+        return None if self._providers is None else self._providers.current
+
     @property
     def base_url(self) -> str:
         host = self.options.host
@@ -169,6 +209,7 @@ class Gateway:
             await self.provider_upstream.open()
         self.core.start_scraping(opts.scrape_interval_s, opts.scrape_timeout_s)
         self.port = await self._server.start()
+        self.reloader.start()
         logger.info(
             "epp gateway serving %s/v1: strategy %s, %d endpoints, staleness %.3gs",
             self.base_url,
@@ -181,6 +222,7 @@ class Gateway:
 
     async def stop(self) -> None:
         """Stop serving (in-flight requests get `drain_timeout_s`), scraping, upstream connections."""
+        await self.reloader.close()
         await self._server.stop()
         await self.core.close()
         await self.upstream.close()
@@ -200,7 +242,7 @@ class Gateway:
             if on_ready is not None:
                 on_ready(self)
             assert self._server.task is not None
-            await wait_for_shutdown(self._stop, self._server.task)
+            await wait_for_shutdown(self._stop, self._server.task, self.reloader.request_reload)
             logger.info("epp gateway shutting down")
         finally:
             await self.stop()

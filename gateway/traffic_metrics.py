@@ -38,14 +38,15 @@ class TrafficMetrics:
         )
         self.ejections = Counter(
             "epp_gateway_provider_ejections",
-            "Outlier-detection ejections of a provider host, by reason.",
-            ["provider", "reason"],
+            "Outlier-detection ejections of a provider host in a service (the comma-joined provider hosts "
+            "a route splits over, or the host alone), by reason.",
+            ["provider", "service", "reason"],
             registry=r,
         )
         self.ejected = Gauge(
             "epp_gateway_provider_ejected",
-            "1 while a provider host is ejected, else 0.",
-            ["provider"],
+            "1 while a provider host is ejected in a service, else 0 (minHealthPercent may route to it).",
+            ["provider", "service"],
             registry=r,
         )
         self.tokens = Counter(
@@ -75,8 +76,8 @@ class TrafficMetrics:
         self.duration_of = LabelledChildren(self.duration)
         self.ttft_of = LabelledChildren(self.ttft)
 
-    def on_ejection(self, provider: str, ejected: bool, reason: str) -> None:
-        """An OutlierDetector listener."""
+    def on_ejection(self, provider: str, ejected: bool, reason: str, service: str) -> None:
+        """An OutlierDetector listener, with the service bound (gateway.provider_attempts)."""
         if ejected:
-            self.ejections.labels(provider, reason).inc()
-        self.ejected.labels(provider).set(1 if ejected else 0)
+            self.ejections.labels(provider, service, reason).inc()
+        self.ejected.labels(provider, service).set(1 if ejected else 0)

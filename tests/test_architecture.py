@@ -53,6 +53,7 @@ LAYER_OF: dict[str, str] = {
     "epp.requestcontrol": REQUEST_CONTROL,
     "epp.metrics": SERVICES,
     "epp.labelled_metrics": SERVICES,
+    "epp.config_reload": SERVICES,  # ConfigWatcher: reload on file change or SIGHUP
     "epp.model_catalog": SERVICES,
     "epp.traffic": VOCABULARY,
     "epp.servers": SERVERS,

@@ -174,10 +174,11 @@ def keys_in_env() -> Iterator[None]:
             os.environ[k] = v
 
 
-def _stack(seed: str, providers: TLSProviders) -> EnvoyStack:
+def _stack(seed: str | Path, providers: TLSProviders, fail_open: bool = False) -> EnvoyStack:
+    """A stack for a seed (a name in SEEDS, or a path) whose providers are `providers`."""
     options = StackOptions(
         config_paths=[str(SEEDS / seed)],
-        fail_open=False,
+        fail_open=fail_open,
         wait_for_pods=False,  # no pool: providers only
         resolve=providers.resolve(),
         upstream_ca_file=str(providers.ca_file),

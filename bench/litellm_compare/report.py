@@ -11,7 +11,7 @@ from bench.litellm_compare.scenario import SystemResult
 def _spread(values: Sequence[float | None], fmt: str) -> str:
     known = [v for v in values if v is not None]
     if not known:
-        return "n/a"
+        return "never"
     text = f"{statistics.median(known):{fmt}}"
     if len(known) > 1:
         text += f" [{min(known):{fmt}}–{max(known):{fmt}}]"
@@ -56,7 +56,7 @@ def format_report(results: Sequence[SystemResult], skipped: dict[str, str]) -> s
     ]
     lines.append("|---|---|---|---|---|---|---|---|")
     for r in results:
-        rec = "never" if r.recovery_s is None else f"{r.recovery_s:.2f}"
+        rec = f"never (> {r.watched_s:.1f})" if r.recovery_s is None else f"{r.recovery_s:.2f}"
         lines.append(
             f"| {r.system} | {r.seed} | {r.requests} | {r.errors} | {r.broken_requests} | {rec} "
             f"| {r.p50_ms:.1f} | {r.p99_ms:.1f} |"

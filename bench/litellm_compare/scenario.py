@@ -35,6 +35,7 @@ class SystemResult:
     errors: int  # client-visible, fault phase (steady-phase errors are added too)
     broken_requests: int  # reached B between fault on and heal
     recovery_s: float | None  # heal -> first request at B; None: none before the phase ended
+    watched_s: float  # heal -> end of the phase (how long recovery was watched for)
     p50_ms: float  # steady phase, successful requests
     p99_ms: float
     steady_requests: int
@@ -64,6 +65,7 @@ def _summarise(
         errors=sum(not s.ok for s in faulty) + sum(not s.ok for s in steady),
         broken_requests=sum(times.on <= t <= times.off for t in b_arrivals),
         recovery_s=(after[0] - times.off) if after else None,
+        watched_s=max(s.end for s in faulty) - times.off,
         p50_ms=percentile(lat, 50),
         p99_ms=percentile(lat, 99),
         steady_requests=len(steady),

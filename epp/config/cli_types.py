@@ -60,3 +60,17 @@ def positive_seconds(text: str) -> float:
             f"must be a positive, finite number of seconds (at most {MAX_SECONDS:.0f}), got {text}"
         )
     return value
+
+
+def non_negative_seconds(text: str) -> float:
+    """Like positive_seconds, but 0 is allowed (0: off)."""
+    if text.strip() and _is_zero(text):
+        return 0.0
+    return positive_seconds(text)
+
+
+def _is_zero(text: str) -> bool:
+    try:
+        return float(text) == 0.0
+    except ValueError:
+        return False

@@ -22,6 +22,9 @@ class ModelRegistry:
     def __repr__(self) -> str:
         return f"ModelRegistry({sorted(self._specs)})"
 
+    def __eq__(self, other: object) -> bool:  # a config reload tells whether the models changed
+        return isinstance(other, ModelRegistry) and self._specs == other._specs
+
     def __len__(self) -> int:
         return len(self._specs)
 

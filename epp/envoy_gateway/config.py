@@ -24,10 +24,11 @@ import yaml
 from epp import limits
 from epp.config import load_config, parse_endpoints
 from epp.config.traffic.config import TrafficConfig
-from epp.envoy_gateway import replies, traffic
+from epp.envoy_gateway import clusters, replies, traffic
+from epp.envoy_gateway.clusters import seconds, socket
 from epp.envoy_gateway.vhost import render_routes
 from epp.routes import AllowedRoutes
-from epp.servers.extproc_messages import DESTINATION_HEADER, DESTINATION_METADATA_NAMESPACE, SERVED_BY_HEADER
+from epp.servers.extproc_messages import DESTINATION_METADATA_NAMESPACE, SERVED_BY_HEADER
 from epp.traffic.resolve import Address
 
 POOL_CLUSTER = "inference_pool"
@@ -145,88 +146,6 @@ def _check(options: EnvoyConfigOptions) -> None:
             raise EnvoyConfigError(f"{name} must be > 0 s, got {value:g}")
 
 
-def _socket(host: str, port: int) -> dict[str, Any]:
-    return {"socket_address": {"address": host, "port_value": port}}
-
-
-def _lb_endpoints(hosts: list[tuple[str, int]]) -> list[dict[str, Any]]:
-    return [{"endpoint": {"address": _socket(h, p)}} for h, p in hosts]
-
-
-def _policy(name: str, type_name: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "typed_extension_config": {"name": name, "typed_config": {"@type": _T + type_name, **(config or {})}}
-    }
-
-
-def _seconds(value: float) -> str:
-    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"  # "0.05s", "910s" (never "1e+03s")
-
-
-def _pool_cluster(options: EnvoyConfigOptions) -> dict[str, Any]:
-    override_host = {
-        "override_host_sources": [
-            {"metadata": {"key": DESTINATION_METADATA_NAMESPACE, "path": [{"key": DESTINATION_HEADER}]}}
-        ],
-        "fallback_policy": {
-            "policies": [
-                _policy(
-                    "envoy.load_balancing_policies.least_request",
-                    "extensions.load_balancing_policies.least_request.v3.LeastRequest",
-                )
-            ]
-        },
-    }
-    return {
-        "name": POOL_CLUSTER,
-        "type": "STATIC",
-        "connect_timeout": _seconds(options.connect_timeout_s),
-        "load_balancing_policy": {
-            "policies": [
-                _policy(
-                    "envoy.load_balancing_policies.override_host",
-                    "extensions.load_balancing_policies.override_host.v3.OverrideHost",
-                    override_host,
-                )
-            ]
-        },
-        # Envoy's default allows 3 concurrent retries per cluster: a dead pod's burst would overflow it.
-        "circuit_breakers": {"thresholds": [_thresholds()]},
-        "load_assignment": {
-            "cluster_name": POOL_CLUSTER,
-            "endpoints": [{"lb_endpoints": _lb_endpoints(options.endpoints)}],
-        },
-    }
-
-
-def _thresholds() -> dict[str, Any]:
-    limit = 100_000
-    return {
-        "max_connections": limit,
-        "max_pending_requests": limit,
-        "max_requests": limit,
-        "max_retries": limit,
-    }
-
-
-def _extproc_cluster(options: EnvoyConfigOptions) -> dict[str, Any]:
-    http2 = {
-        "@type": _T + "extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicit_http_config": {"http2_protocol_options": {}},
-    }
-    return {
-        "name": EXTPROC_CLUSTER,
-        "type": "STATIC",
-        "connect_timeout": _seconds(options.connect_timeout_s),
-        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": http2},
-        "circuit_breakers": {"thresholds": [_thresholds()]},
-        "load_assignment": {
-            "cluster_name": EXTPROC_CLUSTER,
-            "endpoints": [{"lb_endpoints": _lb_endpoints([(options.extproc_host, options.extproc_port)])}],
-        },
-    }
-
-
 def _extproc_filter(options: EnvoyConfigOptions) -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.ext_proc",
@@ -241,7 +160,7 @@ def _extproc_filter(options: EnvoyConfigOptions) -> dict[str, Any]:
             },
             "failure_mode_allow": options.fail_open,
             "status_on_error": {"code": EXTPROC_ERROR_STATUS},
-            "message_timeout": _seconds(options.message_timeout_s),
+            "message_timeout": seconds(options.message_timeout_s),
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "request_body_mode": "BUFFERED",
@@ -271,7 +190,7 @@ def _access_log(options: EnvoyConfigOptions) -> dict[str, Any]:
                 "log_name": "epp",
                 "transport_api_version": "V3",
                 "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
-                "buffer_flush_interval": _seconds(options.access_log_flush_s),
+                "buffer_flush_interval": seconds(options.access_log_flush_s),
             },
         },
     }
@@ -293,7 +212,7 @@ def _retry_policy(options: EnvoyConfigOptions) -> dict[str, Any]:
             }
         ],
         "host_selection_retry_max_attempts": 5,
-        "per_try_idle_timeout": _seconds(options.upstream_idle_timeout_s),
+        "per_try_idle_timeout": seconds(options.upstream_idle_timeout_s),
     }
 
 
@@ -316,11 +235,11 @@ def _listener(options: EnvoyConfigOptions) -> dict[str, Any]:
         # Slow or oversized clients (limits.py): headers within header_timeout, the whole request within
         # header + body timeout, at most max_header_bytes / max_headers of headers.
         "max_request_headers_kb": -(-options.max_header_bytes // 1024),
-        "request_headers_timeout": _seconds(options.header_timeout_s),
-        "request_timeout": _seconds(options.header_timeout_s + options.body_timeout_s),
-        "stream_idle_timeout": _seconds(stream_idle_timeout(options)),
+        "request_headers_timeout": seconds(options.header_timeout_s),
+        "request_timeout": seconds(options.header_timeout_s + options.body_timeout_s),
+        "stream_idle_timeout": seconds(stream_idle_timeout(options)),
         "common_http_protocol_options": {
-            "idle_timeout": _seconds(options.idle_timeout_s),
+            "idle_timeout": seconds(options.idle_timeout_s),
             "max_headers_count": options.max_headers,
         },
         "route_config": {
@@ -340,9 +259,11 @@ def _listener(options: EnvoyConfigOptions) -> dict[str, Any]:
         "local_reply_config": replies.local_reply_config(options.max_body_bytes),
         "access_log": [_access_log(options)],
     }
+    if options.traffic is not None:
+        hcm["early_header_mutation_extensions"] = traffic.early_header_mutations()
     return {
         "name": "epp_listener",
-        "address": _socket(options.listen_host, options.listen_port),
+        "address": socket(options.listen_host, options.listen_port),
         "filter_chains": [
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
         ],
@@ -352,9 +273,9 @@ def _listener(options: EnvoyConfigOptions) -> dict[str, Any]:
 def _traffic_options(options: EnvoyConfigOptions) -> traffic.TrafficRenderOptions:
     return traffic.TrafficRenderOptions(
         extproc_cluster=EXTPROC_CLUSTER,
-        message_timeout=_seconds(options.message_timeout_s),
-        connect_timeout=_seconds(options.connect_timeout_s),
-        per_try_idle_timeout=_seconds(options.upstream_idle_timeout_s),
+        message_timeout=seconds(options.message_timeout_s),
+        connect_timeout=seconds(options.connect_timeout_s),
+        per_try_idle_timeout=seconds(options.upstream_idle_timeout_s),
         body_limit=options.max_body_bytes,
         resolve=options.resolve,
         upstream_ca_file=options.upstream_ca_file,
@@ -371,12 +292,14 @@ def render_config(options: EnvoyConfigOptions) -> dict[str, Any]:
     """The Envoy bootstrap (v3) as a dict, ready for YAML or JSON."""
     _check(options)
     return {
-        "admin": {"address": _socket(options.admin_host, options.admin_port)},
+        "admin": {"address": socket(options.admin_host, options.admin_port)},
         "static_resources": {
             "listeners": [_listener(options)],
             "clusters": [
-                _pool_cluster(options),
-                _extproc_cluster(options),
+                clusters.pool_cluster(POOL_CLUSTER, options.endpoints, options.connect_timeout_s),
+                clusters.extproc_cluster(
+                    EXTPROC_CLUSTER, (options.extproc_host, options.extproc_port), options.connect_timeout_s
+                ),
                 *(
                     traffic.render_clusters(options.traffic, _traffic_options(options))
                     if options.traffic

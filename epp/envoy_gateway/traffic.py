@@ -4,7 +4,8 @@ Where the choice is made: epp's ext_proc, with the same TrafficRouter as `epp ga
 weights agree across both data planes; the weighted draw uses epp's rng, not Envoy's weighted_clusters). It
 answers a request to a route or provider host with header `x-epp-provider: <provider host>` (and
 `x-epp-rule`) and clears the route cache; the host's virtual host (below) sends that header's value to
-the provider's cluster. A request to any other host keeps the pool path.
+the provider's cluster. A request to any other host keeps the pool path. A client's own epp routing
+headers are removed before routing (early_header_mutations), so failing open they choose nothing.
 
 Per provider: cluster `provider_<host>` (LOGICAL_DNS to host:443, or STATIC to a `--resolve` address), TLS
 with SNI and certificate verification (the provider's caFile, else the `--upstream-ca-file`, else
@@ -28,7 +29,13 @@ from epp.config.traffic.config import TrafficConfig
 from epp.config.traffic.policy import DEFAULT_CLIENT_PORT, UpstreamTLS
 from epp.envoy_gateway import replies
 from epp.health.outlier import OutlierSettings
-from epp.servers.extproc_messages import FROM_HEADER, POOL_HEADER, PROVIDER_HEADER, UPSTREAM_METADATA_KEY
+from epp.servers.extproc_messages import (
+    FROM_HEADER,
+    POOL_HEADER,
+    PROVIDER_HEADER,
+    RULE_HEADER,
+    UPSTREAM_METADATA_KEY,
+)
 from epp.traffic.resolve import Address
 
 _T = "type.googleapis.com/envoy."
@@ -62,6 +69,21 @@ def render_clusters(traffic: TrafficConfig, opts: TrafficRenderOptions) -> list[
         if chain:
             clusters.append(_aggregate_cluster(host, chain, opts))
     return clusters
+
+
+def early_header_mutations() -> list[dict[str, Any]]:
+    """The HCM's early header mutation: a client's own epp routing headers are removed before any route is
+    chosen or filter runs, so with epp down and the listener failing open they cannot pick a cluster."""
+    removed = (PROVIDER_HEADER, RULE_HEADER, POOL_HEADER, UPSTREAM_METADATA_KEY)
+    return [
+        {
+            "name": "envoy.http.early_header_mutation.header_mutation",
+            "typed_config": {
+                "@type": _T + "extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+                "mutations": [{"remove": name} for name in removed],
+            },
+        }
+    ]
 
 
 def render_virtual_hosts(
@@ -236,12 +258,19 @@ def _provider_cluster(traffic: TrafficConfig, host: str, opts: TrafficRenderOpti
 
 
 def outlier_detection(s: OutlierSettings) -> dict[str, Any]:
-    """Envoy's OutlierDetection for Istio's settings (istiod's mapping: a threshold of 0 disables)."""
+    """Envoy's OutlierDetection for Istio's settings on a one-host provider cluster (istiod's mapping: a
+    threshold of 0 disables).
+
+    With minHealthPercent > 0 nothing is enforced (detections are still counted): the ejected host would
+    be 0% healthy, below the panic threshold, so Envoy would ignore the ejection on the provider cluster
+    itself; but an aggregate cluster picks its member by the members' healthy hosts, not their panic
+    state, and would move the traffic to the fallback anyway."""
+    enforce = 0 if s.min_health_percent > 0 else 100
     return {
         "consecutive_5xx": s.consecutive_5xx,
-        "enforcing_consecutive_5xx": 100 if s.consecutive_5xx else 0,
+        "enforcing_consecutive_5xx": enforce if s.consecutive_5xx else 0,
         "consecutive_gateway_failure": s.consecutive_gateway_errors,
-        "enforcing_consecutive_gateway_failure": 100 if s.consecutive_gateway_errors else 0,
+        "enforcing_consecutive_gateway_failure": enforce if s.consecutive_gateway_errors else 0,
         "enforcing_success_rate": 0,
         "interval": _seconds(s.interval_s),
         "base_ejection_time": _seconds(s.base_ejection_time_s),

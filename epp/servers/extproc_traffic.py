@@ -5,12 +5,14 @@ Downstream, a request whose `:authority` is a route's or provider's host gets it
 shared TrafficRouter (the same rules and weights as `epp gateway`) and answered with x-epp-provider and
 x-epp-rule; its body is only checked here. Upstream, an attempt to provider P (named in the stream's gRPC
 metadata) gets P's path and host, P's `model`/`stream` for the rule, and P's Authorization: so a retry on a
-fallback provider carries the fallback's own model and key. Nothing here logs a header.
+fallback provider carries the fallback's own model and key. Nothing here logs a header. `replace()` swaps in
+reloaded documents (epp.config_reload) at once: each call reads them once, so a call never mixes versions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
@@ -29,20 +31,38 @@ _INTERNAL = (
 )
 
 
+@dataclass
+class _Version:
+    """One version of the traffic documents and what is derived from it."""
+
+    router: TrafficRouter
+    hosts: frozenset[str]
+    targets: dict[tuple[str, str | None], Target] = field(default_factory=dict)  # built on first use
+
+    @classmethod
+    def of(cls, router: TrafficRouter) -> _Version:
+        return cls(router, frozenset({*router.config.routes, *router.config.providers}))
+
+
 class TrafficProcessor:
     def __init__(self, router: TrafficRouter) -> None:
-        self.router = router
-        config = router.config
-        self._hosts = frozenset({*config.routes, *config.providers})
-        self._targets: dict[tuple[str, str | None], Target] = {}
+        self._version = _Version.of(router)
+
+    @property
+    def router(self) -> TrafficRouter:
+        return self._version.router
+
+    def replace(self, router: TrafficRouter) -> None:
+        """Serve `router`'s documents from now on (a reload); calls already made keep the old ones."""
+        self._version = _Version.of(router)
 
     def owns(self, headers: Mapping[str, str]) -> bool:
         """Whether the request is addressed to a route or provider host (else it takes the pool path)."""
-        return split_host(_authority(headers))[0] in self._hosts
+        return split_host(_authority(headers))[0] in self._version.hosts
 
     def choose(self, headers: Mapping[str, str], body: bytes) -> Choice:
         """The Choice for a request `owns` accepted; RequestError (404 no rule matched, 400 bad body)."""
-        choice = self.router.choose(_authority(headers), headers)
+        choice = self._version.router.choose(_authority(headers), headers)
         if choice is None:
             raise RequestError(404, "No rule of this host's route matches the request.", code="no_route_rule")
         if choice.target.provider is not None:
@@ -77,13 +97,13 @@ class TrafficProcessor:
         return msg.provider_attempt(set_headers, removed, new_body)
 
     def _target(self, host: str, rule: str | None) -> Target | None:
-        key = (host, rule)
-        target = self._targets.get(key)
+        version, key = self._version, (host, rule)
+        target = version.targets.get(key)
         if target is None:
-            provider = self.router.config.providers.get(host)
+            provider = version.router.config.providers.get(host)
             if provider is None:
                 return None
-            target = self._targets[key] = Target(provider.spec, None, provider.spec.openai_for(rule))
+            target = version.targets[key] = Target(provider.spec, None, provider.spec.openai_for(rule))
         return target
 
 

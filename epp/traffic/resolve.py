@@ -57,13 +57,16 @@ class OverrideResolver(AbstractResolver):
         self, overrides: Mapping[Address, Address], fallback: AbstractResolver | None = None
     ) -> None:
         self._overrides = dict(overrides)
-        self._fallback = fallback if fallback is not None else DefaultResolver()
+        # aiohttp's DefaultResolver wants a running loop: made on first use, not when the gateway is built.
+        self._fallback = fallback
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         target = self._overrides.get(Address(normalise_host(host), port))
         if target is None:
+            if self._fallback is None:
+                self._fallback = DefaultResolver()
             return await self._fallback.resolve(host, port, family)
         fam = socket.AF_INET6 if ":" in target.host else socket.AF_INET
         return [
@@ -78,7 +81,8 @@ class OverrideResolver(AbstractResolver):
         ]
 
     async def close(self) -> None:
-        await self._fallback.close()
+        if self._fallback is not None:
+            await self._fallback.close()
 
 
 def tls_context(tls: UpstreamTLS) -> ssl.SSLContext:

@@ -4,6 +4,10 @@ A host that has an LLMRoute takes the route: rules are tried in order, the first
 (a rule without matches takes everything), and one of its backendRefs is drawn by weight. A host that is
 only a provider's takes that provider with its defaultConfig. A route host where no rule matches, and an
 unknown host, give None (the caller answers 404). Header names must be lower-case (as ASGI gives them).
+
+A route's provider hosts are one outlier-detection service (`Choice.service`, the set its weights split
+over, like the hosts of one Envoy cluster); a provider's own host is a service of one. `choose` skips
+backends the caller says are ejected and draws among the rule's others by weight.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import bisect
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import accumulate
 from urllib.parse import urlencode
@@ -80,6 +84,18 @@ class Choice:
     rule: str | None  # the matched rule's name (None for an unnamed rule)
     target: Target
     fallbacks: tuple[Target, ...]  # from VirtualService fallback, in order, for while target is ejected
+    siblings: tuple[Target, ...] = ()  # the rule's other provider backends (weight > 0): retry candidates
+    service: tuple[str, ...] = ()  # the outlier-detection service: the route's provider hosts, sorted
+    timeout_s: float | None = None  # the rule's `timeout` (None: no deadline)
+    retries: int | None = None  # the rule's `retries` (None: the gateway's default)
+
+    def service_of(self, host: str) -> tuple[str, ...]:
+        """The service `host` is counted in: the route's when it is one of its backends, else its own."""
+        return self.service if host in self.service else (host,)
+
+
+# (service, client port, provider host) -> True while that host is ejected in that service.
+EjectedCheck = Callable[[tuple[str, ...], int, str], bool]
 
 
 def split_host(authority: str) -> tuple[str, int | None]:
@@ -143,16 +159,34 @@ class _Rule:
     name: str | None
     matchers: tuple[_Matcher, ...]
     targets: tuple[Target, ...]
+    weights: tuple[int, ...]
     cumulative: tuple[int, ...]  # running sum of weights, for a bisect draw
+    timeout_s: float | None
+    retries: int | None
 
     def matches(self, headers: Mapping[str, str]) -> bool:
         return not self.matchers or any(m(headers) for m in self.matchers)
 
-    def draw(self, rng: random.Random) -> Target:
+    def draw(self, rng: random.Random, avoid: Callable[[Target], bool] | None = None) -> Target:
+        """A target by weight; one `avoid` refuses is re-drawn among the others (kept if all are)."""
         if len(self.targets) == 1:
             return self.targets[0]
         # Zero-weight refs never win: bisect_right skips over their repeated cumulative value.
-        return self.targets[bisect.bisect_right(self.cumulative, rng.random() * self.cumulative[-1])]
+        drawn = self.targets[bisect.bisect_right(self.cumulative, rng.random() * self.cumulative[-1])]
+        if avoid is None or drawn.host is None or not avoid(drawn):
+            return drawn
+        alive = [(t, w) for t, w in zip(self.targets, self.weights, strict=True) if w and not avoid(t)]
+        if not alive:
+            return drawn  # all out: the caller's fallback logic takes over
+        cumulative = list(accumulate(w for _, w in alive))
+        return alive[bisect.bisect_right(cumulative, rng.random() * cumulative[-1])][0]
+
+    def siblings(self, drawn: Target) -> tuple[Target, ...]:
+        return tuple(
+            t
+            for t, w in zip(self.targets, self.weights, strict=True)
+            if w and t.host is not None and t.host != drawn.host
+        )
 
 
 class TrafficRouter:
@@ -161,7 +195,7 @@ class TrafficRouter:
     def __init__(self, config: TrafficConfig, rng: random.Random) -> None:
         self.config = config
         self._rng = rng
-        self._routes: dict[str, tuple[str, tuple[_Rule, ...]]] = {}
+        self._routes: dict[str, tuple[str, tuple[_Rule, ...], tuple[str, ...]]] = {}
         # Targets, fallbacks included, are built once: openai_for merges configs, too slow per request.
         self._fallback_cache: dict[tuple[str, str | None], tuple[Target, ...]] = {}
         for host, route in config.routes.items():
@@ -171,11 +205,17 @@ class TrafficRouter:
                     self._target(ref.provider_host, ref.inference_pool, rule.name)
                     for ref in rule.backend_refs
                 )
-                cumulative = tuple(accumulate(ref.weight for ref in rule.backend_refs))
-                rules.append(_Rule(rule.name, tuple(_Matcher(m) for m in rule.matches), targets, cumulative))
-            self._routes[host] = (route.metadata.name, tuple(rules))
+                weights = tuple(ref.weight for ref in rule.backend_refs)
+                matchers = tuple(_Matcher(m) for m in rule.matches)
+                cumulative = tuple(accumulate(weights))
+                rules.append(
+                    _Rule(rule.name, matchers, targets, weights, cumulative, rule.timeout, rule.retries)
+                )
+            hosts = {ref.provider_host for r in route.spec.rules for ref in r.backend_refs}
+            service = tuple(sorted(h for h in hosts if h is not None))
+            self._routes[host] = (route.metadata.name, tuple(rules), service)
         for provider_host in config.providers:
-            for rule_name in {None, *(r.name for _, rs in self._routes.values() for r in rs)}:
+            for rule_name in {None, *(r.name for _, rs, _ in self._routes.values() for r in rs)}:
                 chain = config.fallback_chain(provider_host)
                 targets = tuple(self._target(h, None, rule_name) for h in chain)
                 self._fallback_cache[(provider_host, rule_name)] = targets
@@ -187,21 +227,45 @@ class TrafficRouter:
         spec = self.config.providers[provider_host].spec
         return Target(spec, None, spec.openai_for(rule))
 
-    def choose(self, host: str, headers: Mapping[str, str]) -> Choice | None:
-        """The Choice for a request to `host` (a Host or :authority value, port allowed), or None."""
+    def choose(
+        self, host: str, headers: Mapping[str, str], ejected: EjectedCheck | None = None
+    ) -> Choice | None:
+        """The Choice for a request to `host` (a Host or :authority value, port allowed), or None.
+
+        With `ejected`, a weighted rule does not draw a backend that is ejected in the route's service.
+        """
         name, port = split_host(host)
         port = port or DEFAULT_CLIENT_PORT
         route = self._routes.get(name)
         if route is not None:
-            route_name, rules = route
+            route_name, rules, service = route
+            avoid = None
+            if ejected is not None:
+
+                def avoid(t: Target) -> bool:
+                    return t.host is not None and ejected(service, port, t.host)
+
             for rule in rules:
                 if rule.matches(headers):
-                    drawn = rule.draw(self._rng)
-                    return Choice(name, port, route_name, rule.name, drawn, self._fallbacks(drawn, rule.name))
+                    drawn = rule.draw(self._rng, avoid)
+                    fallbacks = self._fallbacks(drawn, rule.name)
+                    siblings = rule.siblings(drawn)
+                    return Choice(
+                        name,
+                        port,
+                        route_name,
+                        rule.name,
+                        drawn,
+                        fallbacks,
+                        siblings,
+                        service,
+                        rule.timeout_s,
+                        rule.retries,
+                    )
             return None
         target = self._direct.get(name)
         if target is not None:
-            return Choice(name, port, None, None, target, self._fallbacks(target, None))
+            return Choice(name, port, None, None, target, self._fallbacks(target, None), (), (name,))
         return None
 
     def _fallbacks(self, target: Target, rule: str | None) -> tuple[Target, ...]:

@@ -12,8 +12,12 @@ Extras beyond ASM (all optional, on `LLMProvider.spec`):
   keepClientModel: false          true: a request that names a model keeps it (openAIConfig.model only
                                   fills in a missing one)
   tls: {verify: true, caFile: /path/ca.pem, sni: name}   how to check the provider's certificate
-and on `LLMRoute.spec.rules[].backendRefs[]`: `inferencePool: <name>` instead of `providerHost`, naming
-a pool epp serves locally.
+on `LLMRoute.spec.rules[].backendRefs[]`: `inferencePool: <name>` instead of `providerHost`, naming
+a pool epp serves locally; and on `LLMRoute.spec.rules[]`:
+  timeout: 30s                    the request's deadline until the answer starts (all attempts together);
+                                  past it the client gets a 504 JSON error
+  retries: 1                      how many more providers a request that failed before its first byte may
+                                  try (fallbacks, then the rule's other backends); 0: the client gets the 5xx
 
 `apiKey` is a literal, `${ENV}` (expanded by build_traffic) or `{secretFile: /path}` (the file's text,
 trailing whitespace stripped); once validated it is a SecretStr and never shown.
@@ -36,10 +40,14 @@ from pydantic import (
     model_validator,
 )
 
+from epp.health.outlier_settings import Duration
+
 ASM_API_VERSION = "istio.alibabacloud.com/v1beta1"
 # Where-to-apply fields of the mesh: meaningless for epp, so accepted and ignored.
 MESH_PLACEMENT_FIELDS = ("workloadSelector", "gateways", "exportTo")
 MAX_REGEX_CHARS = 1024  # Python's re backtracks (Istio uses RE2); long patterns are a smell
+MAX_RETRIES = 10  # each retry is a whole provider request; more is a misconfiguration, not resilience
+MAX_TIMEOUT_S = 24 * 3600.0
 
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOST_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
@@ -216,6 +224,9 @@ class RouteRule(StrictModel):
     name: str | None = Field(default=None, min_length=1)
     matches: list[RouteMatch] = Field(default_factory=list)
     backend_refs: list[BackendRef] = Field(alias="backendRefs", min_length=1)
+    # epp extras (None: the gateway's defaults: no deadline; 1 retry, 0 without retry_on_fallback).
+    timeout: Duration | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
+    retries: StrictInt | None = Field(default=None, ge=0, le=MAX_RETRIES)
 
 
 class LLMRouteSpec(PlacedModel):

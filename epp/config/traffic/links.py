@@ -80,6 +80,11 @@ def _check_routes(
                     )
                     issues.append(ConfigIssue(where, reason, f"{at}.name"))
                 seen.setdefault(rule.name, i)
+            if all(ref.provider_host is None for ref in rule.backend_refs):
+                for field in ("timeout", "retries"):
+                    if field in rule.model_fields_set:
+                        reason = f"{field} applies to provider backends; this rule has only InferencePools"
+                        issues.append(ConfigIssue(where, reason, f"{at}.{field}"))
             if sum(ref.weight for ref in rule.backend_refs) == 0:
                 reason = "weights sum to 0: at least one backendRef needs a weight > 0"
                 issues.append(ConfigIssue(where, reason, f"{at}.backendRefs"))
