@@ -97,6 +97,8 @@ def test_deploy_example_is_what_the_config_command_renders() -> None:
     result = run_epp("envoy", "config", "--endpoints", endpoints, "--grpc-port", "9002", "--port", "8080")
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load(example.read_text()) == yaml.safe_load(result.stdout)
+    rendered = run_epp("envoy", "render", "--endpoints", endpoints, "--grpc-port", "9002", "--port", "8080")
+    assert rendered.returncode == 0 and rendered.stdout == result.stdout  # `render`: the name for it
 
 
 def test_config_command_refuses_hostnames() -> None:

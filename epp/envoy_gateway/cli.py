@@ -181,7 +181,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     up.add_argument("--envoy-log-level", default="warning", help="Envoy's --log-level (default warning)")
     up.set_defaults(func=run_up)
 
-    config = sub.add_parser("config", help="print the Envoy YAML for a pool and an ext_proc address")
+    config = sub.add_parser(
+        "config",
+        aliases=["render"],
+        help="print the Envoy YAML for a pool, its traffic documents and an ext_proc address",
+    )
     _pool_flags(config)
     config.add_argument("--grpc-port", type=port, default=9002, help="epp ext_proc port (default 9002)")
     config.add_argument("--grpc-host", default="127.0.0.1", help="epp ext_proc address (default 127.0.0.1)")
