@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from epp import event_loop, limits
 from epp.config.cli_types import port, positive_int, positive_seconds
+from epp.config.limit_flags import add_client_limit_flags
 from epp.picker_cli import (
     add_picker_arguments,
     add_pod_key_arguments,
@@ -17,7 +18,6 @@ from epp.picker_cli import (
     picker_option_values,
 )
 from epp.pod_auth import PodKeyError, load_pod_credentials
-from epp.routes import AllowedRoutes, RouteSpecError, parse_routes
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -71,42 +71,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _add_edge_arguments(p: argparse.ArgumentParser) -> None:
     """The client-facing limits (epp/limits.py defaults; docs/gateway.md has the table)."""
-    p.add_argument(
-        "--allowed-routes",
-        type=_routes,
-        default=None,
-        help=f"routes that reach the pods, 'METHOD /path,...'; others get 404 (default {AllowedRoutes()})",
-    )
-    p.add_argument(
-        "--max-header-bytes",
-        type=positive_int,
-        default=limits.DEFAULT_MAX_HEADER_BYTES,
-        help="request line target plus all headers; more gets 431 (default 64 KiB)",
-    )
-    p.add_argument(
-        "--max-headers",
-        type=positive_int,
-        default=limits.DEFAULT_MAX_HEADERS,
-        help=f"request header count; more gets 431 (default {limits.DEFAULT_MAX_HEADERS})",
-    )
-    p.add_argument(
-        "--header-timeout",
-        type=positive_seconds,
-        default=limits.DEFAULT_HEADER_TIMEOUT_S,
-        help="seconds a client has to send its request headers; then 408 and close (default 10)",
-    )
-    p.add_argument(
-        "--body-timeout",
-        type=positive_seconds,
-        default=limits.DEFAULT_BODY_TIMEOUT_S,
-        help="seconds a client has to send its body after the headers; then 408 (default 30)",
-    )
-    p.add_argument(
-        "--idle-timeout",
-        type=positive_seconds,
-        default=limits.DEFAULT_IDLE_TIMEOUT_S,
-        help="seconds a keep-alive connection may wait for its next request (default 60)",
-    )
+    add_client_limit_flags(p)
     p.add_argument(
         "--max-buffered-body-bytes",
         type=positive_int,
@@ -120,13 +85,6 @@ def _add_edge_arguments(p: argparse.ArgumentParser) -> None:
         default=10.0,
         help="on SIGTERM/SIGINT, seconds in-flight requests may take to finish, then are cut (default 10)",
     )
-
-
-def _routes(text: str) -> AllowedRoutes:
-    try:
-        return parse_routes(text)
-    except RouteSpecError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run_gateway(args: argparse.Namespace) -> int:
@@ -148,7 +106,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         connect_timeout_s=args.connect_timeout,
         first_byte_timeout_s=args.first_byte_timeout,
         chunk_timeout_s=args.chunk_timeout,
-        allowed_routes=args.allowed_routes or AllowedRoutes(),
+        allowed_routes=args.allowed_routes,
         max_header_bytes=args.max_header_bytes,
         max_headers=args.max_headers,
         header_timeout_s=args.header_timeout,

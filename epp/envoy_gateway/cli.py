@@ -11,9 +11,10 @@ from typing import TypedDict
 
 from epp import limits
 from epp.config.cli_types import non_negative_int, port, positive_int, positive_seconds
+from epp.config.limit_flags import add_client_limit_flags
 from epp.config.routing_strategy import RoutingStrategy
 from epp.envoy_gateway.config import EnvoyConfigError
-from epp.routes import DEFAULT_ROUTES, AllowedRoutes, RouteSpecError, parse_routes
+from epp.routes import AllowedRoutes
 from epp.traffic.resolve import Address, parse_overrides
 
 
@@ -73,60 +74,14 @@ def _resolve(entries: list[str]) -> dict[Address, Address]:
         raise EnvoyConfigError(str(exc)) from None
 
 
-def _routes(text: str) -> AllowedRoutes:
-    try:
-        return parse_routes(text)
-    except RouteSpecError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _limit_flags(p: argparse.ArgumentParser) -> None:
     """What a client may send (epp/limits.py; the table in docs/envoy.md)."""
-    default_routes = ",".join(str(r) for r in DEFAULT_ROUTES)
-    p.add_argument(
-        "--allowed-routes",
-        type=_routes,
-        default=AllowedRoutes(),
-        metavar="'METHOD /path,...'",
-        help=f"the only routes that reach a pod; other paths 404, other methods 405 (default "
-        f"{default_routes})",
-    )
+    add_client_limit_flags(p)
     p.add_argument(
         "--max-body-bytes",
         type=positive_int,
         default=limits.DEFAULT_MAX_BODY_BYTES,
         help="largest request body; bigger ones get 413 (default 10 MiB; epp serve is given the same)",
-    )
-    p.add_argument(
-        "--max-header-bytes",
-        type=positive_int,
-        default=limits.DEFAULT_MAX_HEADER_BYTES,
-        help="all request headers together, rounded up to KiB; beyond: 431 (default 64 KiB)",
-    )
-    p.add_argument(
-        "--max-headers",
-        type=positive_int,
-        default=limits.DEFAULT_MAX_HEADERS,
-        help="request header count; beyond: 431 (default 100)",
-    )
-    p.add_argument(
-        "--header-timeout",
-        type=positive_seconds,
-        default=limits.DEFAULT_HEADER_TIMEOUT_S,
-        help="seconds a client has to send its headers; then 408 (default 10)",
-    )
-    p.add_argument(
-        "--body-timeout",
-        type=positive_seconds,
-        default=limits.DEFAULT_BODY_TIMEOUT_S,
-        help="seconds more for the whole request (Envoy's request_timeout = header + body); then 408 "
-        "(default 30)",
-    )
-    p.add_argument(
-        "--idle-timeout",
-        type=positive_seconds,
-        default=limits.DEFAULT_IDLE_TIMEOUT_S,
-        help="seconds a keep-alive connection with no request open stays open (default 60)",
     )
     p.add_argument(
         "--stream-idle-timeout",
