@@ -8,7 +8,7 @@ import os
 import sys
 
 from epp import event_loop
-from epp.config.cli_types import port
+from epp.config.cli_types import non_negative_int, port, positive_int
 from epp.limits import DEFAULT_MAX_BODY_BYTES
 from epp.picker_cli import (
     add_picker_arguments,
@@ -33,33 +33,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--fallback-endpoints",
-        type=_non_negative,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="ext_proc: list up to N more candidates after the pick, for Envoy's retries (default 0)",
     )
     p.add_argument(
         "--max-body-bytes",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_MAX_BODY_BYTES,
         metavar="N",
         help="ext_proc and /pick: largest request body; bigger ones get 413 (default 10 MiB, as Envoy's)",
     )
     p.set_defaults(func=run_serve)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def run_serve(args: argparse.Namespace) -> int:
