@@ -183,6 +183,11 @@ def test_routed_streams_survive_the_picker_dying() -> None:
         FleetThread(3, time_scale=0.1) as fleet,
         EnvoyStack(fleet.addresses, StackOptions(fail_open=False)) as st,
     ):
+        # epp hands requests over to Envoy only once Envoy's access log is connected (it opens with the first
+        # flush after a request): before that a stream stays open, as with an Envoy configured without one.
+        warm = httpx.post(f"{st.base_url}/v1/chat/completions", json=chat_body("warm-up"), timeout=30)
+        assert warm.status_code == 200, warm.text
+        time.sleep(1.0)
         done = asyncio.run(_streams_while_killing(st))
         assert done == ["done"] * 10
         response = httpx.post(f"{st.base_url}/v1/chat/completions", json=chat_body("new"), timeout=30)

@@ -23,6 +23,7 @@ from epp.scheduling.profile import assemble_profile
 from epp.scheduling.scheduler import Scheduler
 from epp.scheduling.types import Criticality, LLMRequest, SchedulingResult
 from epp.servers.extproc import ExtProcServer, SlowProtobufError, require_fast_protobuf
+from epp.servers.outcomes import OutcomeBook
 from scorers.least_request_scorer import LeastRequestScorer
 from scorers.max_score_picker import MaxScorePicker
 from scorers.saturation_filter import SaturationFilter
@@ -41,6 +42,7 @@ class Harness:
     ds: Datastore
     stub: Any
     recorder: ListRecorder
+    book: OutcomeBook
 
     def in_flight(self) -> dict[str, int]:
         return {s.endpoint.name: s.in_flight for s in self.ds.states()}
@@ -89,7 +91,7 @@ async def _serve(
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Harness(ds, pb_grpc.ExternalProcessorStub(channel), recorder)
+        yield Harness(ds, pb_grpc.ExternalProcessorStub(channel), recorder, server.outcomes)
     finally:
         await channel.close()
         await server.stop(None)
@@ -382,6 +384,16 @@ async def test_default_ends_the_stream_after_routing_and_keeps_the_pick_in_fligh
     """epp closes the stream once routed (a picker restart cannot fail the request); the access-log entry,
     not the stream's end, releases the in-flight count."""
     async for h in _serve(end_after_route=True):
+        # No access log connected yet: the stream stays open, its end is the only sign the request is over.
+        call = h.stub.Process()
+        await exchange(call, headers_msg("/v1/chat/completions", x_request_id="rid-open"))
+        routed = await exchange(call, body_msg(chat()))
+        assert routed.WhichOneof("response") == "request_body"
+        assert sum(h.in_flight().values()) == 1
+        await call.done_writing()
+        assert await call.read() == grpc.aio.EOF
+        assert sum(h.in_flight().values()) == 0
+        h.book.access_log_streams = 1  # as while Envoy's access-log stream is open
         call = h.stub.Process()
         await exchange(call, headers_msg("/v1/chat/completions", x_request_id="rid-end"))
         routed = await exchange(call, body_msg(chat()))

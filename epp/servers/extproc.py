@@ -13,13 +13,13 @@ Once it sent the routing (or error) answer, epp ends the gRPC stream (`end_after
 then carries on without ext_proc, so a picker that dies or restarts later cannot fail a request it already
 routed (Envoy fails only streams still open: fail-closed answers 502 mid-request). The pick stays in flight
 until Envoy's gRPC access log, served on the same port (epp/servers/outcomes.py), reports the request over:
-the status and which pod answered. With `end_after_route=False` the stream stays open for the whole request
-and its end releases the in-flight count. When the pod that served is a fallback, the pick failed (a
-gateway error for outlier detection) and the prefix index moves to the pod that served; an answer of Envoy's
-own (no pod address) is a failure of the pick. If Envoy is configured to send response headers instead
-(with `end_after_route=False`),
-their `:status` and `x-epp-endpoint` (the pod that answered; the rendered route adds it) are used the same
-way. Request trailers are answered with CONTINUE and do not trigger routing.
+the status and which pod answered. Until an access-log stream is connected (an Envoy configured without
+one, or before its first flush), and always with `end_after_route=False`, the stream stays open for the
+whole request and its end releases the in-flight count. When the pod that served is a fallback, the pick
+failed (a gateway error for outlier detection) and the prefix index moves to the pod that served; an answer
+of Envoy's own (no pod address) is a failure of the pick. If Envoy is configured to send response headers
+instead (with `end_after_route=False`), their `:status` and `x-epp-endpoint` (the pod that answered; the
+rendered route adds it) are used the same way. Request trailers are answered with CONTINUE and do not trigger routing.
 """
 
 from __future__ import annotations
@@ -133,9 +133,10 @@ class ExtProcServicer:
                 response = self._handle(stream, request)
                 if response is not None:
                     await context.write(response)
-                if stream.routed and self._end_after_route:
+                if stream.routed and self._end_after_route and self.book.hears_outcomes:
                     # Returning closes the stream with OK: Envoy skips ext_proc for the rest of the request.
-                    # The book holds the pick in flight until its access-log entry (or its TTL).
+                    # The book holds the pick in flight until its access-log entry (or its TTL); with no
+                    # access log connected the stream stays open and its end releases the pick.
                     if stream.lifecycle is not None:
                         self.book.handed_over(stream.lifecycle)
                         stream.lifecycle = None
@@ -324,7 +325,8 @@ class ExtProcServer:
             end_after_route=end_after_route,
             traffic=traffic,
         )
-        self._access_log = AccessLogReceiver(self._servicer.book)
+        self.outcomes = self._servicer.book  # what Envoy's access log says of routed requests
+        self._access_log = AccessLogReceiver(self.outcomes)
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> int:

@@ -48,6 +48,14 @@ class OutcomeBook:
         self._ended: OrderedDict[str, tuple[float, RequestLifecycle]] = OrderedDict()  # stream over
         # routed, stream closed by epp, request still going on in Envoy: in flight until its entry
         self._handed: OrderedDict[str, tuple[float, RequestLifecycle]] = OrderedDict()
+        self.access_log_streams = 0  # Envoy's access-log streams open now
+
+    @property
+    def hears_outcomes(self) -> bool:
+        """An access log is connected: a request handed over to Envoy will have its outcome (and release).
+        Without one (an Envoy not configured for it, or before its first flush) the ext_proc stream must stay
+        open, its end being the only sign that the request is over."""
+        return self.access_log_streams > 0
 
     def __len__(self) -> int:
         return len(self._active) + len(self._ended) + len(self._handed)
@@ -109,13 +117,18 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> als_pb2.StreamAccessLogsResponse:
-        resolve = self._book.resolve
-        async for message in request_iterator:
-            for entry in message.http_logs.log_entry:
-                try:
-                    address = entry.common_properties.upstream_remote_address.socket_address
-                    upstream = f"{address.address}:{address.port_value}" if address.address else ""
-                    resolve(entry.request.request_id, entry.response.response_code.value, upstream)
-                except Exception:  # one bad entry must not end the stream (and lose the next ones)
-                    logger.exception("access-log entry could not be applied")
+        book = self._book
+        resolve = book.resolve
+        book.access_log_streams += 1
+        try:
+            async for message in request_iterator:
+                for entry in message.http_logs.log_entry:
+                    try:
+                        address = entry.common_properties.upstream_remote_address.socket_address
+                        upstream = f"{address.address}:{address.port_value}" if address.address else ""
+                        resolve(entry.request.request_id, entry.response.response_code.value, upstream)
+                    except Exception:  # one bad entry must not end the stream (and lose the next ones)
+                        logger.exception("access-log entry could not be applied")
+        finally:
+            book.access_log_streams -= 1
         return als_pb2.StreamAccessLogsResponse()
