@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,3 +330,112 @@ def test_faulty_provider_ejected_and_fallback_takes_its_traffic(
         return len(broken.seen) > ejected_until and r.json()["model"] == "test-model"
 
     poll(back, "the healed provider to get traffic again", deadline_s=15.0)
+
+
+RULES_HOST = "rules.example"
+RULES = """\
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata:
+  name: flaky
+spec:
+  host: flaky.example.com
+  path: /v1/chat/completions
+  configs:
+    defaultConfig:
+      openAIConfig: {model: flaky-model, stream: false, apiKey: sk-flaky-0c1d}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata:
+  name: spare
+spec:
+  host: spare.example.com
+  path: /v1/chat/completions
+  configs:
+    defaultConfig:
+      openAIConfig: {model: spare-model, stream: false, apiKey: sk-spare-9e8f}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: flaky-fallback
+spec:
+  hosts: [flaky.example.com]
+  http:
+  - route:
+    - destination: {host: flaky.example.com}
+      fallback:
+        target: {host: spare.example.com}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata:
+  name: rules
+spec:
+  host: rules.example
+  rules:
+  - name: strict
+    timeout: 1500ms
+    retries: 0
+    matches:
+    - headers:
+        x-tier: {exact: strict}
+    backendRefs:
+    - providerHost: flaky.example.com
+  - name: patient
+    timeout: 1s
+    backendRefs:
+    - providerHost: flaky.example.com
+"""
+
+
+@pytest.fixture(scope="module")
+def rules(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EnvoyStack, TLSProviders]]:
+    tmp = tmp_path_factory.mktemp("rules")
+    (tmp / "rules.yaml").write_text(RULES)
+    providers = [
+        Provider("flaky.example.com", "sk-flaky-0c1d", ("flaky-model",)),
+        Provider("spare.example.com", "sk-spare-9e8f", ("spare-model",)),
+    ]
+    with TLSProviders(providers, tmp) as tls, _stack(tmp / "rules.yaml", tls) as stack:
+        yield stack, tls
+
+
+def test_rule_retries_zero_relays_the_5xx_and_timeout_is_a_json_504(
+    rules: tuple[EnvoyStack, TLSProviders],
+) -> None:
+    stack, tls = rules
+    flaky, spare = (tls.providers[h].recorder for h in ("flaky.example.com", "spare.example.com"))
+    strict = {"x-tier": "strict"}
+    ok = chat(stack, RULES_HOST, **strict)
+    assert ok.status_code == 200 and ok.json()["model"] == "flaky-model", ok.text
+    tls.set_fault("flaky.example.com", "error")
+    spared = len(spare.seen)
+    # The provider's own host keeps the default (one retry, on the fallback): the client sees no error.
+    fallen_back = chat(stack, "flaky.example.com")
+    assert fallen_back.status_code == 200 and fallen_back.json()["model"] == "spare-model", fallen_back.text
+    assert len(spare.seen) == spared + 1
+    # The rule's `retries: 0`: the provider's 503 is the client's answer, its JSON body relayed.
+    relayed = chat(stack, RULES_HOST, **strict)
+    assert relayed.status_code == 503, relayed.text
+    assert relayed.json()["error"]["message"] == "Simulated pod failure."
+    assert len(spare.seen) == spared + 1, "retries: 0 tried the fallback"
+    # `timeout: 1500ms` on a provider that never answers: a JSON 504 after about that long.
+    tls.set_fault("flaky.example.com", "hang")
+    tried = len(flaky.seen)
+    started = time.monotonic()
+    timed_out = chat(stack, RULES_HOST, **strict)
+    elapsed = time.monotonic() - started
+    assert timed_out.status_code == 504, timed_out.text
+    assert timed_out.headers["content-type"].startswith("application/json")
+    assert timed_out.json()["error"]["code"] == "upstream_unavailable"
+    assert 1.4 <= elapsed < 5.0, elapsed
+    assert len(flaky.seen) == tried + 1 and len(spare.seen) == spared + 1
+    # `timeout: 1s` with the default retry: the timed-out attempt is retried on the fallback.
+    started = time.monotonic()
+    retried = chat(stack, RULES_HOST)
+    elapsed = time.monotonic() - started
+    assert retried.status_code == 200 and retried.json()["model"] == "spare-model", retried.text
+    assert 0.9 <= elapsed < 5.0, elapsed
+    tls.set_fault("flaky.example.com", "none")

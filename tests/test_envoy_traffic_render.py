@@ -149,3 +149,122 @@ def test_min_health_percent_disables_enforcement_on_a_one_host_cluster() -> None
     assert rendered["enforcing_consecutive_gateway_failure"] == 0
     assert rendered["consecutive_5xx"] == 3  # still detected (Envoy's ejections_detected_* stats)
     assert outlier_detection(OutlierSettings(max_ejection_percent=0))["always_eject_one_host"] is False
+
+
+RULES = """\
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata:
+  name: rules
+spec:
+  host: rules.example
+  rules:
+  - name: strict
+    matches:
+    - headers:
+        x-tier:
+          exact: strict
+    timeout: 1500ms
+    retries: 0
+    backendRefs:
+    - providerHost: asm-llm-provider-test.com
+  - name: patient
+    matches:
+    - headers:
+        x-tier:
+          exact: patient
+    retries: 3
+    backendRefs:
+    - providerHost: asm-llm-provider-test.com
+    - providerHost: dashscope.aliyuncs.com
+  - matches:
+    - headers:
+        x-tier:
+          exact: first
+    retries: 2
+    backendRefs:
+    - providerHost: dashscope.aliyuncs.com
+  - name: plain
+    matches:
+    - headers:
+        x-tier:
+          exact: plain
+    backendRefs:
+    - providerHost: dashscope.aliyuncs.com
+  - timeout: 30s
+    backendRefs:
+    - providerHost: dashscope.aliyuncs.com
+"""
+
+
+def _virtual_hosts(options: EnvoyConfigOptions) -> dict[str, dict[str, Any]]:
+    return {vh["name"]: vh for vh in _hcm(options)["route_config"]["virtual_hosts"]}
+
+
+def _with_rules(tmp_path: Path) -> EnvoyConfigOptions:
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES)
+    config = load_config([SEEDS / "asm-fallback.yaml", path], ENV)
+    assert config.traffic is not None
+    return EnvoyConfigOptions(endpoints=[], extproc_port=9002, traffic=config.traffic, upstream_ca_file=CA)
+
+
+def test_rule_timeout_and_retries_get_their_own_routes(tmp_path: Path) -> None:
+    hosts = _virtual_hosts(_with_rules(tmp_path))
+    routes = hosts["traffic rules.example"]["routes"]
+    names = [r["name"] for r in routes]
+    # The rules' routes come first; `plain` sets neither field and keeps the provider's default route.
+    # The two unnamed rules cannot be told apart by Envoy (no x-epp-rule): the first one decides.
+    assert names[:4] == [
+        "provider asm-llm-provider-test.com rule strict",
+        "provider asm-llm-provider-test.com rule patient",
+        "provider dashscope.aliyuncs.com rule patient",
+        "provider dashscope.aliyuncs.com rule (unnamed)",
+    ]
+    assert names[4:6] == ["provider asm-llm-provider-test.com", "provider dashscope.aliyuncs.com"]
+    by_name = {r["name"]: r for r in routes}
+
+    strict = by_name["provider asm-llm-provider-test.com rule strict"]
+    assert strict["match"]["headers"] == [
+        {"name": "x-epp-provider", "string_match": {"exact": "asm-llm-provider-test.com"}},
+        {"name": "x-epp-rule", "string_match": {"exact": "strict"}},
+    ]
+    assert strict["route"]["cluster"] == "fallback_asm-llm-provider-test.com"
+    assert strict["route"]["timeout"] == "0s"  # the whole response is never cut: first byte only
+    policy = strict["route"]["retry_policy"]
+    assert policy["num_retries"] == 0 and policy["per_try_timeout"] == "1.5s"
+    assert policy["retry_on"].split(",")[:2] == ["5xx", "gateway-error"]
+
+    patient = by_name["provider asm-llm-provider-test.com rule patient"]["route"]["retry_policy"]
+    assert patient["num_retries"] == 3 and "per_try_timeout" not in patient
+    plain_patient = by_name["provider dashscope.aliyuncs.com rule patient"]["route"]
+    assert plain_patient["cluster"] == "provider_dashscope.aliyuncs.com"
+    assert plain_patient["retry_policy"]["num_retries"] == 3
+    assert "retry_priority" not in plain_patient["retry_policy"]  # no fallback: connection failures only
+
+    unnamed = by_name["provider dashscope.aliyuncs.com rule (unnamed)"]
+    assert unnamed["match"]["headers"][1] == {
+        "name": "x-epp-rule",
+        "present_match": True,
+        "invert_match": True,
+    }
+    policy = unnamed["route"]["retry_policy"]
+    assert policy["num_retries"] == 2 and "per_try_timeout" not in policy
+
+
+def test_without_the_fields_the_render_is_unchanged(tmp_path: Path) -> None:
+    plain = _virtual_hosts(_options("asm-fallback.yaml"))
+    ruled = _virtual_hosts(_with_rules(tmp_path))
+    assert list(ruled) == [
+        "traffic asm-llm-provider-test.com",
+        "traffic dashscope.aliyuncs.com",
+        "traffic rules.example",
+        "pool",
+    ]
+    for name, vh in plain.items():
+        assert ruled[name] == vh  # the provider hosts have no rule routes
+    default_routes = plain["traffic dashscope.aliyuncs.com"]["routes"]
+    assert ruled["traffic rules.example"]["routes"][4:] == default_routes
+    for route in default_routes:
+        assert "per_try_timeout" not in route.get("route", {}).get("retry_policy", {})
+    assert _clusters(_with_rules(tmp_path)) == _clusters(_options("asm-fallback.yaml"))

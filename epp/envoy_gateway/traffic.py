@@ -16,6 +16,11 @@ a retry on the fallback gets the fallback's own model and key. A provider with a
 routed to the aggregate cluster `fallback_<host>` = [provider, fallback, ...]: while the provider is ejected
 Envoy's aggregate load balancer sends its traffic to the next cluster, and the retry policy
 (previous_priorities) retries a request that failed before any response byte once per fallback.
+
+Per rule (epp's LLMRoute extras, epp/envoy_gateway/rules.py): a rule with `timeout` or `retries` gets its
+own route per provider backend in its route host's virtual host, matching `x-epp-rule` as well, before
+the provider routes: `retries` is its retry policy's `num_retries`, `timeout` its `per_try_timeout` (to the
+first response byte of each attempt; Envoy ignores it once the answer started going downstream).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 from epp.config.traffic.config import TrafficConfig
 from epp.config.traffic.policy import DEFAULT_CLIENT_PORT, UpstreamTLS
 from epp.envoy_gateway import replies
+from epp.envoy_gateway.rules import RuleSettings, rule_settings
 from epp.health.outlier import OutlierSettings
 from epp.servers.extproc_messages import (
     FROM_HEADER,
@@ -89,20 +95,10 @@ def early_header_mutations() -> list[dict[str, Any]]:
 def render_virtual_hosts(
     traffic: TrafficConfig, opts: TrafficRenderOptions, pool_route: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """One virtual host per route or provider host; each must come before the pool's `*` host."""
-    provider_routes = [
-        {
-            "name": f"provider {host}",
-            "match": {"prefix": "/", "headers": [_exact(PROVIDER_HEADER, host)]},
-            "route": {
-                "cluster": route_cluster_name(traffic, host),
-                "timeout": "0s",
-                "retry_policy": _retry_policy(len(traffic.fallback_chain(host)), opts),
-            },
-            "request_body_buffer_limit": opts.body_limit,
-        }
-        for host in sorted(traffic.providers)
-    ]
+    """One virtual host per route or provider host; each must come before the pool's `*` host.
+
+    A route host's virtual host starts with its rules' own routes (those with `timeout` or `retries`)."""
+    provider_routes = [_provider_route(traffic, host, None, opts) for host in sorted(traffic.providers)]
     pool = {
         "name": "inference pool",
         "match": {"prefix": "/", "headers": [{"name": POOL_HEADER, "present_match": True}]},
@@ -130,7 +126,45 @@ def render_virtual_hosts(
     }
     routes = [*provider_routes, pool, undecided, not_post]
     hosts = sorted({*traffic.routes, *traffic.providers})
-    return [{"name": f"traffic {h}", "domains": [h, f"{h}:*"], "routes": routes} for h in hosts]
+    return [
+        {
+            "name": f"traffic {h}",
+            "domains": [h, f"{h}:*"],
+            "routes": [*_rule_routes(traffic, h, opts), *routes],
+        }
+        for h in hosts
+    ]
+
+
+def _rule_routes(traffic: TrafficConfig, host: str, opts: TrafficRenderOptions) -> list[dict[str, Any]]:
+    route = traffic.routes.get(host)
+    if route is None:
+        return []
+    return [_provider_route(traffic, s.provider, s, opts) for s in rule_settings(route)]
+
+
+def _provider_route(
+    traffic: TrafficConfig, host: str, rule: RuleSettings | None, opts: TrafficRenderOptions
+) -> dict[str, Any]:
+    """The route to provider `host`'s cluster; with `rule`: only that rule's requests, its settings."""
+    match = [_exact(PROVIDER_HEADER, host)]
+    name = f"provider {host}"
+    if rule is not None:
+        name += f" rule {rule.label}"
+        if rule.rule is None:  # epp removes the header for an unnamed rule
+            match.append({"name": RULE_HEADER, "present_match": True, "invert_match": True})
+        else:
+            match.append(_exact(RULE_HEADER, rule.rule))
+    return {
+        "name": name,
+        "match": {"prefix": "/", "headers": match},
+        "route": {
+            "cluster": route_cluster_name(traffic, host),
+            "timeout": "0s",
+            "retry_policy": _retry_policy(len(traffic.fallback_chain(host)), opts, rule),
+        },
+        "request_body_buffer_limit": opts.body_limit,
+    }
 
 
 def _exact(name: str, value: str) -> dict[str, Any]:
@@ -142,14 +176,20 @@ def _json_error(message: str) -> str:
     return json.dumps({"error": error})
 
 
-def _retry_policy(fallbacks: int, opts: TrafficRenderOptions) -> dict[str, Any]:
+def _retry_policy(
+    fallbacks: int, opts: TrafficRenderOptions, rule: RuleSettings | None = None
+) -> dict[str, Any]:
     # Only before any response byte (Envoy never retries after headers went downstream). Without a fallback
-    # a 5xx is the provider's answer, passed on; a connection that failed is tried once more.
+    # a 5xx is the provider's answer, passed on; a connection that failed is tried once more. A rule's
+    # `retries` replaces the count (0: the first attempt's answer or failure is the client's).
     retry_on = ["connect-failure", "refused-stream", "reset"]
-    policy: dict[str, Any] = {
-        "num_retries": max(fallbacks, 1),
-        "per_try_idle_timeout": opts.per_try_idle_timeout,
-    }
+    retries = rule.retries if rule is not None and rule.retries is not None else max(fallbacks, 1)
+    policy: dict[str, Any] = {"num_retries": retries}
+    if rule is not None and rule.timeout_s is not None:
+        # Each attempt's deadline to its first response byte ("reset" retries it while retries are left);
+        # past it without a retry Envoy answers 504 (flag UT), rendered as JSON by replies.py.
+        policy["per_try_timeout"] = _seconds(rule.timeout_s)
+    policy["per_try_idle_timeout"] = opts.per_try_idle_timeout
     if fallbacks:
         retry_on = ["5xx", "gateway-error", *retry_on]
         # Each retry goes to the next cluster of the aggregate (its priorities), not the one that failed.

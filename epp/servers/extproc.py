@@ -19,7 +19,8 @@ whole request and its end releases the in-flight count. When the pod that served
 failed (a gateway error for outlier detection) and the prefix index moves to the pod that served; an answer
 of Envoy's own (no pod address) is a failure of the pick. If Envoy is configured to send response headers
 instead (with `end_after_route=False`), their `:status` and `x-epp-endpoint` (the pod that answered; the
-rendered route adds it) are used the same way. Request trailers are answered with CONTINUE and do not trigger routing.
+rendered route adds it) are used the same way. Request trailers are answered with CONTINUE and do not
+trigger routing.
 """
 
 from __future__ import annotations

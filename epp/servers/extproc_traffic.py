@@ -3,10 +3,12 @@
 
 Downstream, a request whose `:authority` is a route's or provider's host gets its provider chosen by the
 shared TrafficRouter (the same rules and weights as `epp gateway`) and answered with x-epp-provider and
-x-epp-rule; its body is only checked here. Upstream, an attempt to provider P (named in the stream's gRPC
-metadata) gets P's path and host, P's `model`/`stream` for the rule, and P's Authorization: so a retry on a
-fallback provider carries the fallback's own model and key. Nothing here logs a header. `replace()` swaps in
-reloaded documents (epp.config_reload) at once: each call reads them once, so a call never mixes versions.
+x-epp-rule (which also select the rule's own Envoy route when it sets `timeout`/`retries`, see
+epp/envoy_gateway/rules.py); its body is only checked here. Upstream, an attempt to provider P (named in the
+stream's gRPC metadata) gets P's path and host, P's `model`/`stream` for the rule, and P's Authorization: so
+a retry on a fallback provider carries the fallback's own model and key. Nothing here logs a header.
+`replace()` swaps in reloaded documents (epp.config_reload) at once: each call reads them once, so a call
+never mixes versions.
 """
 
 from __future__ import annotations
