@@ -7,7 +7,7 @@ DestinationRules give different outlierDetection settings are separate detectors
 setting); hosts without outlierDetection are never ejected. Each detector is fed by every attempt made in
 its service.
 
-`ProviderAttempts` implements gateway.forward.Attempts: while the chosen target is ejected the request
+`ProviderAttempts` implements gateway.upstream.Attempts: while the chosen target is ejected the request
 starts on the first fallback that is not; an attempt that fails before any byte reached the client is
 retried on the next fallback, then on the rule's other backends that are not ejected, up to the rule's
 `retries` (default 1, or 0 without `retry_on_fallback`).
@@ -92,7 +92,7 @@ class ProviderUpstream:
 
 
 class ProviderAttempts:
-    """gateway.forward.Attempts for a provider request."""
+    """gateway.upstream.Attempts for a provider request."""
 
     def __init__(
         self,

@@ -25,9 +25,10 @@ from epp.traffic.resolve import tls_context
 from epp.traffic.routing import BodyError, RewrittenBody, Target, TrafficRouter, split_host
 from gateway.asgi import error_body
 from gateway.context import OUTCOME_UPSTREAM_FAILED, BytesReply, Reply, RequestContext
-from gateway.forward import Outgoing, UpstreamPool, forward, forwardable_headers
+from gateway.forward import Outgoing, forward, forwardable_headers
 from gateway.provider_attempts import ProviderAttempts, ProviderHealth
 from gateway.traffic_metrics import TrafficMetrics
+from gateway.upstream import UpstreamPool
 from gateway.usage_strip import UsageStripper
 
 # The client's credentials, dropped before a provider's own are set (unless passClientCredentials).

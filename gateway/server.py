@@ -27,13 +27,14 @@ from epp.routes import MODELS_PATH, AllowedRoutes
 from epp.traffic.resolve import OverrideResolver, parse_overrides
 from gateway.app import OWN_PATHS, BodyLimits, GatewayApp
 from gateway.edge import EdgeLimits, edge_protocol
-from gateway.forward import ForwardStage, UpstreamPool, UpstreamTimeouts
+from gateway.forward import ForwardStage
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import ModelCheckStage, ParseStage, Pipeline, ScheduleStage, Stage
 from gateway.providers import ProviderStage
 from gateway.record import RequestRecorder
 from gateway.traffic_metrics import TrafficMetrics
 from gateway.traffic_swap import SwappableProviders
+from gateway.upstream import UpstreamPool, UpstreamTimeouts
 
 logger = logging.getLogger(__name__)
 

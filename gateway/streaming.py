@@ -6,7 +6,7 @@ import logging
 
 from gateway.asgi import Send
 from gateway.context import OUTCOME_UPSTREAM_ABORTED, Reply, RequestContext
-from gateway.forward import UpstreamAborted
+from gateway.upstream import UpstreamAborted
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import pytest
 
 from epp.request import RequestError, request_id_from, stream_flag
 from epp.routes import parse_routes
-from gateway.forward import ENDPOINT_HEADER
 from gateway.server import GatewayOptions, build_gateway
+from gateway.upstream import ENDPOINT_HEADER
 from tests.test_gateway_edge_support import (
     CHAT_BODY,
     assert_still_serves,

@@ -29,8 +29,8 @@ from epp.health.outlier import OutlierDetector
 from epp.health.outlier_settings import OUTLIER_ANNOTATION_PREFIX
 from epp.request import flatten_messages
 from gateway.asgi import Receive, Scope, Send, send_bytes
-from gateway.forward import ENDPOINT_HEADER
 from gateway.server import Gateway
+from gateway.upstream import ENDPOINT_HEADER
 from scorers.prefix_cache_scorer import PrefixCacheScorer
 from scorers.prefix_index import block_hashes
 from tests.test_gateway_support import (

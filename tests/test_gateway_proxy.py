@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from bench.sim.fleet import SimFleet
-from gateway.forward import ENDPOINT_HEADER
 from gateway.server import Gateway
+from gateway.upstream import ENDPOINT_HEADER
 from tests.test_gateway_support import (
     MODEL,
     addresses,

@@ -11,7 +11,7 @@ import orjson
 from bench.sim.fleet import SimFleet
 from epp.embedded_http import EmbeddedServer
 from gateway.asgi import Receive, Scope, Send, send_bytes
-from gateway.forward import ENDPOINT_HEADER
+from gateway.upstream import ENDPOINT_HEADER
 from tests.test_gateway_support import (
     MODEL,
     addresses,

@@ -22,8 +22,8 @@ import pytest
 from bench.sim.fleet import SimFleet
 from epp.config.traffic.build import build_traffic
 from epp.config.traffic.config import TrafficConfigError
-from gateway.forward import ENDPOINT_HEADER
 from gateway.server import Gateway
+from gateway.upstream import ENDPOINT_HEADER
 from tests.test_gateway_support import MODEL, assert_openai_error, metric_value, serving
 from tests.test_sim_support import prompt
 from tests.traffic_support import ProviderFront
