@@ -711,8 +711,8 @@ async def test_pod_going_silent_mid_stream_ends_it_with_a_chunk_timeout_error_ev
             assert error["code"] == "upstream_chunk_timeout" and error["type"] == "api_error"
             assert lines[2:] == ["data: [DONE]"]
             silence = received[1][0] - received[0][0]
-            # Bounds wide enough for a loaded 2-core machine, yet far below the 300 s first-byte timeout that a
-            # chunk timeout not applied would leave in force.
+            # Bounds wide enough for a loaded 2-core machine, yet far below the 300 s first-byte timeout
+            # that a chunk timeout not applied would leave in force.
             assert chunk_timeout_s - 0.05 <= silence < chunk_timeout_s + 5.0, silence
             assert received[-1][0] < chunk_timeout_s + 10.0
 
