@@ -2,7 +2,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck unit demo clean
+.PHONY: setup test lint typecheck unit demo demo-cache clean
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	scripts/bootstrap.sh
@@ -25,6 +25,10 @@ test: lint typecheck unit
 
 demo: $(STAMP)
 	$(BIN)/epp demo
+
+# The response cache's seed check (docs/cache.md): starts its own redis-server and simulated pods.
+demo-cache: $(STAMP)
+	$(BIN)/python -m bench.cache_seed
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from epp.cache.front import CacheFront
+from epp.cache.front_build import build_front, start_front
 from epp.config import EppConfig, load_config
 from epp.config.traffic.config import TrafficConfig
 from epp.config_reload import ConfigWatcher
@@ -23,6 +25,7 @@ from epp.datastore import Endpoint
 from epp.embedded_http import EmbeddedServer
 from epp.lifecycle import wait_for_shutdown
 from epp.servers.extproc import ExtProcServer
+from epp.servers.extproc_cache import ExtProcCache
 from epp.servers.extproc_traffic import TrafficProcessor
 from epp.servers.http import create_http_app
 from epp.traffic.routing import TrafficRouter
@@ -78,6 +81,9 @@ class EppApp:
         self.http_app = create_http_app(
             self.director, self.datastore, self.metrics.registry, options.max_body_bytes
         )
+        self.cache: CacheFront | None = None
+        if config.cache is not None:
+            self.cache = build_front(config.cache, self.metrics.registry, options.cache_service)
         self.extproc = ExtProcServer(
             self.director,
             options.host,
@@ -86,6 +92,7 @@ class EppApp:
             options.fallback_endpoints,
             pod_credentials=options.pod_credentials,
             traffic=self.traffic,
+            cache=ExtProcCache(self.cache) if self.cache is not None else None,
         )
         paths = [Path(p) for p in options.config_paths]
         self.reloader = ConfigWatcher(
@@ -114,6 +121,8 @@ class EppApp:
         """Start scraping and both servers; sets `grpc_port` and `http_port` to the bound ports."""
         opts = self.options
         self.core.start_scraping(opts.scrape_interval_s, opts.scrape_timeout_s, self._scrape_client)
+        if self.cache is not None:
+            await start_front(self.cache)
         self.grpc_port = await self.extproc.start()
         self.http_port = await self._http.start()
         self.reloader.start()
@@ -137,6 +146,8 @@ class EppApp:
         await self.reloader.close()
         await self._http.stop()
         await self.extproc.stop(grace=2.0)
+        if self.cache is not None:
+            await self.cache.close()
         await self.core.close()
 
     def request_stop(self) -> None:

@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "bench.sim.cli",
     "epp.envoy_gateway.cli",
     "gateway.cli",
+    "epp.cache.cli",
 )
 
 

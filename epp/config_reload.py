@@ -51,7 +51,7 @@ def _digest(paths: Sequence[Path]) -> str:
 
 
 def restart_only_changes(old: EppConfig, new: EppConfig) -> list[str]:
-    """What changed that a reload does not apply (everything but the traffic documents)."""
+    """What changed that a reload does not apply (everything but the traffic documents: the cache too)."""
     changed = []
     if old.picker_config != new.picker_config or old.strategy_name != new.strategy_name:
         changed.append("picker config")
@@ -59,6 +59,8 @@ def restart_only_changes(old: EppConfig, new: EppConfig) -> list[str]:
         changed.append("pool")
     if old.static_endpoints != new.static_endpoints:
         changed.append("static endpoints")
+    if old.cache != new.cache:
+        changed.append("cache")
     return changed
 
 

@@ -50,6 +50,7 @@ class PickerOptions:
     max_attempts: int = 2  # pods tried per request (gateway retries, Envoy fallbacks + 1)
     pod_credentials: PodCredentials | None = None  # the pods' API key (epp.pod_auth); repr redacted
     config_reload_interval_s: float = 2.0  # poll the config files for changes (0: only on SIGHUP)
+    cache_service: str | None = None  # the response cache: "in-process" or a URL (None: as configured)
 
 
 def load_pool(options: PickerOptions, env: Mapping[str, str]) -> tuple[EppConfig, list[Endpoint]]:

@@ -9,10 +9,14 @@ from collections.abc import Callable
 
 
 async def wait_for_shutdown(
-    stop: asyncio.Event, server_task: asyncio.Task[None], on_hangup: Callable[[], None] | None = None
+    stop: asyncio.Event,
+    server_task: asyncio.Task[None],
+    on_hangup: Callable[[], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Return on SIGINT/SIGTERM, when `stop` is set, or when `server_task` ends on its own; SIGHUP calls
-    `on_hangup` (a config reload) if given.
+    `on_hangup` (a config reload) if given. `on_ready` runs once the handlers are in place, so a signal sent
+    as soon as the server says it is ready is handled, not fatal.
 
     Signal handlers are installed only where the loop allows it (the main thread on Unix).
     """
@@ -28,6 +32,8 @@ async def wait_for_shutdown(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, handler)
             handled.append(sig)
+    if on_ready is not None:
+        on_ready()
     stop_wait = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({stop_wait, server_task}, return_when=asyncio.FIRST_COMPLETED)

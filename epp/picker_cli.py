@@ -56,6 +56,14 @@ def add_picker_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds between checks of the --config files for changes, applied without a restart "
         "(traffic documents only; SIGHUP reloads at once); 0: only on SIGHUP (default 2)",
     )
+    p.add_argument(
+        "--cache-service",
+        default=None,
+        metavar="in-process|URL",
+        help="where the response cache (a cache WasmPlugin or LLMCache document) lives: `in-process` (the "
+        "tiers in this process, on the configured Redis) or the URL of an `epp cache serve`; default: "
+        "the WasmPlugin's service:port, else in-process",
+    )
 
 
 def picker_option_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -72,6 +80,7 @@ def picker_option_values(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "log_level": args.log_level,
         "config_reload_interval_s": args.config_reload_interval,
+        "cache_service": args.cache_service,
     }
 
 

@@ -69,6 +69,8 @@ class RequestContext:
     status: int | None = None  # the status sent to the client
     result: str = OUTCOME_OK
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run when the reply ends
+    reply_hooks: list[Callable[[Reply], Reply]] = field(default_factory=list)  # wrap the final reply
+    cache_status: str = "-"  # cache: hit-exact | hit-semantic | miss | bypass ("-": not selected)
 
     @property
     def request_id(self) -> str:

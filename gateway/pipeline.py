@@ -1,7 +1,8 @@
-"""The request path as a list of stages: parse -> check model -> schedule -> forward.
+"""The request path as a list of stages: [cache, providers,] parse, check model, schedule, forward.
 
 Each stage reads and fills the RequestContext; the first stage that returns a Reply ends the pipeline (the
-forward stage always does; a cache or a router stage would slot in before scheduling the same way). A stage
+forward stage always does; the cache stage does on a hit, and on a miss adds a reply hook that wraps
+whatever a later stage answers, to record it). A stage
 refuses a request by raising RequestError or SchedulingError, which become OpenAI-style JSON errors. The
 record step runs after the reply has been sent, outside the pipeline (gateway/record.py).
 """
@@ -39,6 +40,12 @@ class Pipeline:
         self.stages = list(stages)
 
     async def run(self, ctx: RequestContext) -> Reply:
+        reply = await self._run_stages(ctx)
+        for hook in reversed(ctx.reply_hooks):  # an earlier stage's hook wraps what later stages answered
+            reply = hook(reply)
+        return reply
+
+    async def _run_stages(self, ctx: RequestContext) -> Reply:
         for stage in self.stages:
             try:
                 reply = await stage.run(ctx)

@@ -54,7 +54,8 @@ class RequestRecorder:
         ratio = lifecycle.result.prefix_match_ratio if lifecycle is not None else None
         access_logger.info(
             "request_id=%s route=%s model=%s stream=%s status=%d result=%s endpoint=%s attempts=%d "
-            "strategy=%s prefix_match_ratio=%s ttft_ms=%s total_ms=%.1f llm_route=%s rule=%s provider=%s",
+            "strategy=%s prefix_match_ratio=%s ttft_ms=%s total_ms=%.1f llm_route=%s rule=%s provider=%s "
+            "cache=%s",
             ctx.request_id,
             ctx.path,
             _loggable(ctx.parsed.request.model) if ctx.parsed is not None else "-",
@@ -70,6 +71,7 @@ class RequestRecorder:
             route,
             rule,
             pod if provider is not None else "-",
+            ctx.cache_status,
         )
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from epp import limits
+from epp.cache.front import CacheFront
+from epp.cache.front_build import build_front, start_front
 from epp.config import EppConfig, load_config
 from epp.config.traffic.config import TrafficConfig
 from epp.config_reload import ConfigWatcher
@@ -26,6 +28,7 @@ from epp.lifecycle import wait_for_shutdown
 from epp.routes import MODELS_PATH, AllowedRoutes
 from epp.traffic.resolve import OverrideResolver, parse_overrides
 from gateway.app import OWN_PATHS, BodyLimits, GatewayApp
+from gateway.cache_stage import CacheStage
 from gateway.edge import EdgeLimits, edge_protocol
 from gateway.forward import ForwardStage
 from gateway.metrics import GatewayMetrics
@@ -114,6 +117,11 @@ class Gateway:
         self.catalog = self.core.catalog
         director = self.core.director
         stages: list[Stage] = []
+        self.cache: CacheFront | None = None
+        if config.cache is not None:  # first: a hit is answered before providers and scheduling
+            overrides = parse_overrides(options.resolve)
+            self.cache = build_front(config.cache, registry, options.cache_service, overrides)
+            stages.append(CacheStage(self.cache))
         self.traffic_metrics: TrafficMetrics | None = None
         self.provider_upstream: UpstreamPool | None = None
         self._providers: SwappableProviders | None = None
@@ -208,6 +216,8 @@ class Gateway:
         await self.upstream.open()
         if self.provider_upstream is not None:
             await self.provider_upstream.open()
+        if self.cache is not None:
+            await start_front(self.cache)
         self.core.start_scraping(opts.scrape_interval_s, opts.scrape_timeout_s)
         self.port = await self._server.start()
         self.reloader.start()
@@ -226,6 +236,8 @@ class Gateway:
         await self.reloader.close()
         await self._server.stop()
         await self.core.close()
+        if self.cache is not None:
+            await self.cache.close()
         await self.upstream.close()
         if self.provider_upstream is not None:
             await self.provider_upstream.close()
@@ -240,10 +252,9 @@ class Gateway:
         """
         try:
             await self.start()
-            if on_ready is not None:
-                on_ready(self)
             assert self._server.task is not None
-            await wait_for_shutdown(self._stop, self._server.task, self.reloader.request_reload)
+            ready = None if on_ready is None else (lambda: on_ready(self))
+            await wait_for_shutdown(self._stop, self._server.task, self.reloader.request_reload, ready)
             logger.info("epp gateway shutting down")
         finally:
             await self.stop()

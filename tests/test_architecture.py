@@ -55,6 +55,7 @@ LAYER_OF: dict[str, str] = {
     "epp.labelled_metrics": SERVICES,
     "epp.config_reload": SERVICES,  # ConfigWatcher: reload on file change or SIGHUP
     "epp.model_catalog": SERVICES,
+    "epp.cache": SERVICES,  # the LLM response cache (exact + semantic tiers, cache-service client)
     "epp.traffic": VOCABULARY,
     "epp.servers": SERVERS,
     "gateway": GATEWAY,
@@ -66,6 +67,7 @@ LAYER_OF: dict[str, str] = {
     "epp.app": COMPOSITION,
     "epp.cli": COMPOSITION,
     "epp.picker_cli": COMPOSITION,
+    "epp.cache.cli": COMPOSITION,  # `epp cache serve`
     "epp.envoy_gateway": COMPOSITION,
     "epp.config.cli": COMPOSITION,  # `epp config ...`
     "epp.servers.cli": COMPOSITION,  # `epp serve`

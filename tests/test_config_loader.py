@@ -62,13 +62,15 @@ def test_ack_prefix_cache_seed_loads() -> None:
     [
         ("asm-llm-routing.yaml", [], ["dashscope.aliyuncs.com", "api.moonshot.cn"]),
         ("asm-fallback.yaml", [], ["asm-llm-provider-test.com", "dashscope.aliyuncs.com"]),
-        ("asm-llm-cache.yaml", ["WasmPlugin", "ConfigMap"], None),
+        ("asm-llm-cache.yaml", [], None),
     ],
 )
 def test_asm_seed_configs_load(name: str, kinds: list[str], providers: list[str] | None) -> None:
-    # Traffic kinds go to TrafficConfig (not other_documents, which would hold their expanded keys).
+    # Traffic kinds go to TrafficConfig, the cache's WasmPlugin and ConfigMap to CacheSettings (not
+    # other_documents, which would hold their expanded keys and password).
     config = load_config([SEED / name], KEYS)
     assert [d.kind for d in config.other_documents] == kinds
+    assert (config.cache is not None) == (name == "asm-llm-cache.yaml")
     assert (list(config.traffic.providers) if config.traffic else None) == providers
     assert config.pools == {}
     assert len(config.models) == 0
@@ -114,7 +116,8 @@ def test_seed_files_load_together() -> None:
     files = sorted(f for f in SEED.glob("*.yaml") if f.name != "asm-fallback.yaml")
     config = load_config(files, KEYS)
     assert list(config.pools) == ["vllm-qwen-pool"]
-    assert len(config.other_documents) == 7
+    assert len(config.other_documents) == 5  # Gateway/HTTPRoute...; the cache's two are CacheSettings
+    assert config.cache is not None
     assert config.traffic is not None and len(config.traffic.routes) == 2
     with pytest.raises(
         ConfigError, match=r'an LLMProvider for host "dashscope.aliyuncs.com" is already defined'

@@ -14,7 +14,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -49,6 +49,7 @@ class StackOptions:
     envoy_log_level: str = "warning"
     wait_for_pods: bool = True  # start() also waits for epp's /readyz (a pod scraped), not only for startup
     serve_args: Sequence[str] = field(default_factory=tuple)  # more `epp serve` flags, e.g. ("--seed", "1")
+    serve_env: Mapping[str, str] = field(default_factory=dict)  # added to `epp serve`'s environment
     startup_timeout_s: float = 30.0
     # What a client may send (epp/limits.py defaults; `epp serve` gets the same body limit).
     allowed_routes: AllowedRoutes = field(default_factory=AllowedRoutes)
@@ -124,7 +125,7 @@ class EnvoyStack:
         if opts.strategy:
             argv += ["--strategy", opts.strategy]
         argv += list(opts.serve_args)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **opts.serve_env, "PYTHONUNBUFFERED": "1"}
         self.epp = Child("epp serve", argv, self._path("epp-serve.log"), env)
         found = self.epp.wait_for_log(_SERVE_READY, deadline)
         self.grpc_port, self.epp_http_port = int(found.group(1)), int(found.group(2))

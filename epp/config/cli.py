@@ -8,6 +8,7 @@ import random
 import sys
 from pathlib import Path
 
+from epp.config.cache import summary_lines
 from epp.config.errors import ConfigError, ConfigIssue, DocumentRef
 from epp.config.loader import load_config
 from epp.config.result import EppConfig
@@ -69,6 +70,8 @@ def summarize(config: EppConfig) -> str:
     lines += [f"endpoint {e.name}: {e.address}" for e in config.static_endpoints]
     if config.traffic is not None:
         lines += traffic_lines(config.traffic)
+    if config.cache is not None:
+        lines += summary_lines(config.cache)
     lines += [
         f"{d.kind} {d.name or '(unnamed)'} ({d.source} document {d.index})" for d in config.other_documents
     ]

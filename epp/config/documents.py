@@ -9,9 +9,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from epp.config.cache_documents import LLM_CACHE_API_VERSIONS
 from epp.config.endpoints import STATIC_ENDPOINTS_API_VERSIONS, StaticEndpoints
-from epp.config.envvars import expand_env
-from epp.config.errors import ConfigIssue, DocumentRef, format_loc, issues_from_validation_error, show_value
+from epp.config.envvars import expand_env, expansion_issues
+from epp.config.errors import ConfigIssue, DocumentRef, issues_from_validation_error, show_value
 from epp.config.gie import GIE_GROUP, MODEL_API_VERSIONS, POOL_API_VERSIONS, InferenceModel, InferencePool
 from epp.config.picker_config import EndpointPickerConfig
 from epp.config.routing_strategy import picker_config_body
@@ -22,6 +23,7 @@ KNOWN_API_VERSIONS: dict[str, tuple[str, ...]] = {
     "InferenceModel": MODEL_API_VERSIONS,
     "EndpointPickerConfig": PICKER_API_VERSIONS,
     "StaticEndpoints": STATIC_ENDPOINTS_API_VERSIONS,
+    "LLMCache": LLM_CACHE_API_VERSIONS,  # read by epp.config.cache_build (the loader routes it there)
 }
 # In these API groups an unknown kind is a typo, not someone else's resource ...
 OWN_GROUPS = frozenset({GIE_GROUP, "inference.networking.k8s.io", "epp.dev"})
@@ -81,13 +83,7 @@ def parse_document(raw: Any, source: str, index: int, env: Mapping[str, str]) ->
 
     expansion = expand_env(raw, env)
     result.used_values = expansion.used_values
-    for loc, variable in expansion.missing:
-        result.issues.append(
-            ConfigIssue(where, f"environment variable {variable} is not set", format_loc(loc))
-        )
-    for loc, ref in expansion.invalid:
-        reason = f"invalid environment reference {ref}: use ${{NAME}} (letters, digits, _) or $${{ (literal)"
-        result.issues.append(ConfigIssue(where, reason, format_loc(loc)))
+    result.issues += expansion_issues(expansion, where)
     if result.issues:
         return result
     doc: dict[str, Any] = expansion.value
@@ -126,8 +122,10 @@ def _validate_known(kind: str, doc: dict[str, Any], result: ParsedDocument, hidd
             result.value = InferencePool.model_validate(doc)
         elif kind == "InferenceModel":
             result.value = InferenceModel.model_validate(doc)
-        else:
+        elif kind == "StaticEndpoints":
             result.value = StaticEndpoints.model_validate(doc)
+        else:
+            result.issues.append(ConfigIssue(result.where, f"{kind} is read by epp.config.cache_build"))
     except ValidationError as exc:
         result.issues += issues_from_validation_error(exc, result.where, hidden=hidden)
 

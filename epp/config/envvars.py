@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from epp.config.errors import Loc
+from epp.config.errors import ConfigIssue, DocumentRef, Loc, format_loc
 
 _REFERENCE = re.compile(r"\$(\$?)\{([^}]*)\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -33,6 +33,18 @@ def expand_env(data: Any, env: Mapping[str, str]) -> Expansion:
     result = Expansion()
     result.value = _expand(data, (), env, result)
     return result
+
+
+def expansion_issues(expansion: Expansion, where: DocumentRef) -> list[ConfigIssue]:
+    """One issue per unset variable and per malformed reference, each with its field path."""
+    issues = [
+        ConfigIssue(where, f"environment variable {variable} is not set", format_loc(loc))
+        for loc, variable in expansion.missing
+    ]
+    for loc, ref in expansion.invalid:
+        reason = f"invalid environment reference {ref}: use ${{NAME}} (letters, digits, _) or $${{ (literal)"
+        issues.append(ConfigIssue(where, reason, format_loc(loc)))
+    return issues
 
 
 def _expand(node: Any, path: Loc, env: Mapping[str, str], result: Expansion) -> Any:

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from epp.config.cache_build import collect_cache, is_cache_document
 from epp.config.documents import OtherDocument, ParsedDocument, PickerDocument, parse_document
 from epp.config.endpoints import StaticEndpoints
 from epp.config.errors import ConfigError, ConfigIssue, DocumentRef, Redactor, format_loc
@@ -104,13 +105,14 @@ def _load(
                 continue
             if isinstance(raw, Mapping):
                 raw_docs.append((source, index, raw))
-            if not is_traffic_document(raw):
+            if not is_traffic_document(raw) and not is_cache_document(raw):
                 parsed.append(parse_document(raw, source, index, env))
     pools = {d.value.name for d in parsed if isinstance(d.value, InferencePool)}
     traffic, traffic_issues, secrets = collect_traffic(raw_docs, env, pools)
-    redactor = Redactor({value for doc in parsed for value in doc.used_values} | secrets)
+    cache, cache_issues, cache_secrets = collect_cache(raw_docs, env)
+    redactor = Redactor({value for doc in parsed for value in doc.used_values} | secrets | cache_secrets)
     issues += [issue for doc in parsed for issue in doc.issues]
-    issues += traffic_issues
+    issues += traffic_issues + cache_issues
     if not issues:
         assembler = _Assembler(parsed)
         config = assembler.assemble(strategy, paths, redactor)
@@ -118,7 +120,7 @@ def _load(
     if issues:
         raise ConfigError(issues, redactor)
     has_traffic = traffic.providers or traffic.routes or traffic.destination_rules or traffic.fallbacks
-    return dataclasses.replace(config, traffic=traffic if has_traffic else None)
+    return dataclasses.replace(config, traffic=traffic if has_traffic else None, cache=cache)
 
 
 class _Assembler:

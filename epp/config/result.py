@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from epp.config.cache import CacheSettings
 from epp.config.documents import OtherDocument
 from epp.config.errors import Redactor
 from epp.config.gie import InferencePool
@@ -35,6 +36,8 @@ class EppConfig:
     outlier_settings: OutlierSettings = field(default_factory=OutlierSettings)
     # LLMProvider/LLMRoute/DestinationRule/VirtualService documents, validated; None when there are none.
     traffic: TrafficConfig | None = None
+    # The response cache (its WasmPlugin, ConfigMap or LLMCache document); None when nothing configures it.
+    cache: CacheSettings | None = None
 
     @property
     def pool(self) -> InferencePool | None:

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from epp import limits
+from epp.cache.types import CACHE_HEADER
 from epp.config import load_config, parse_endpoints
 from epp.config.traffic.config import TrafficConfig
 from epp.envoy_gateway import clusters, replies, traffic
@@ -173,6 +174,8 @@ def _extproc_filter(options: EnvoyConfigOptions) -> dict[str, Any]:
                 "response_body_mode": "NONE",
                 "response_trailer_mode": "SKIP",
             },
+            # The response cache (epp/servers/extproc_cache.py) asks for a selected request's response.
+            "allow_mode_override": True,
             # Envoy drops dynamic metadata from ext_proc outside these namespaces.
             "metadata_options": {"receiving_namespaces": {"untyped": [DESTINATION_METADATA_NAMESPACE]}},
         },
@@ -244,6 +247,13 @@ def _listener(options: EnvoyConfigOptions) -> dict[str, Any]:
         },
         "route_config": {
             "name": "inference",
+            # The response cache's status, which ext_proc sets as a request header (absent: not added).
+            "response_headers_to_add": [
+                {
+                    "header": {"key": CACHE_HEADER, "value": f"%REQ({CACHE_HEADER})%"},
+                    "keep_empty_value": False,
+                }
+            ],
             "virtual_hosts": [
                 *_traffic_hosts(options, route),
                 {"name": "pool", "domains": ["*"], "routes": routes},

@@ -35,15 +35,18 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf.internal import api_implementation  # type: ignore[import-untyped]
 
+from epp.cache.front import Begun
+from epp.cache.types import CACHE_HEADER
 from epp.limits import DEFAULT_MAX_BODY_BYTES
-from epp.picking import error_reply
 from epp.pod_auth import PodCredentials
 from epp.request import RequestError
 from epp.requestcontrol.director import Director
 from epp.requestcontrol.lifecycle import RequestLifecycle
 from epp.scheduling.types import SchedulingError
+from epp.servers import extproc_cache as cache_msg
 from epp.servers import extproc_messages as msg
-from epp.servers.extproc_traffic import TrafficProcessor
+from epp.servers.extproc_cache import ExtProcCache
+from epp.servers.extproc_traffic import TrafficProcessor, process_attempt, upstream_provider
 from epp.servers.outcomes import AccessLogReceiver, OutcomeBook
 
 logger = logging.getLogger(__name__)
@@ -69,7 +72,17 @@ def require_fast_protobuf() -> str:
 class _Stream:
     """What one ext_proc stream (one HTTP request) has seen so far."""
 
-    __slots__ = ("book", "chunks", "headers", "lifecycle", "path", "routed", "size")
+    __slots__ = (
+        "book",
+        "cache",
+        "cache_selected",
+        "chunks",
+        "headers",
+        "lifecycle",
+        "path",
+        "routed",
+        "size",
+    )
 
     def __init__(self, book: OutcomeBook) -> None:
         self.book = book
@@ -79,10 +92,19 @@ class _Stream:
         self.size = 0
         self.routed = False  # a routing or error answer was sent; later request messages just continue
         self.lifecycle: RequestLifecycle | None = None  # set once routed to a pod
+        self.cache_selected = False  # the response cache selected this request (extproc_cache)
+        self.cache: Begun | None = None  # what the cache decided for it
+
+    @property
+    def observes_response(self) -> bool:
+        """A cache miss: its answer comes through this stream to be recorded."""
+        return self.cache is not None and self.cache.recorder is not None
 
     def end(self) -> None:
         """The HTTP stream is over: with the response headers seen, the answer completed; otherwise its
         outcome comes from Envoy's access log (OutcomeBook)."""
+        if self.cache is not None and self.cache.recorder is not None:
+            self.cache.recorder.abandon()  # a no-op once the answer was recorded
         lifecycle, self.lifecycle = self.lifecycle, None
         if lifecycle is None or not lifecycle.in_attempt:
             return
@@ -104,6 +126,7 @@ class ExtProcServicer:
         pod_credentials: PodCredentials | None = None,
         end_after_route: bool = True,
         traffic: TrafficProcessor | None = None,
+        cache: ExtProcCache | None = None,
     ) -> None:
         if fallback_endpoints < 0:
             raise ValueError(f"fallback_endpoints must be >= 0, got {fallback_endpoints}")
@@ -114,6 +137,7 @@ class ExtProcServicer:
         self._pod_credentials = pod_credentials  # routed requests get the pod key (extproc_messages)
         self._end_after_route = end_after_route
         self._traffic = traffic  # requests to route/provider hosts (extproc_traffic); None: pool only
+        self._cache = cache  # the response cache stage (extproc_cache); None: no cache
 
     async def Process(
         self,
@@ -121,9 +145,9 @@ class ExtProcServicer:
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         """One HTTP request's messages from Envoy; answers each in order."""
-        provider = _upstream_provider(context)
+        provider = upstream_provider(context)
         if provider is not None:
-            await self._process_attempt(provider, request_iterator, context)
+            await process_attempt(self._traffic, provider, request_iterator, context)
             return
         stream = _Stream(self.book)
         # Cancellation normally reaches the finally below; the done callback also covers a handler task that
@@ -131,10 +155,20 @@ class ExtProcServicer:
         context.add_done_callback(lambda _ctx: stream.end())
         try:
             async for request in request_iterator:
-                response = self._handle(stream, request)
+                if stream.cache_selected and not stream.routed and request.HasField("request_body"):
+                    response: pb.ProcessingResponse | None = await self._on_cached_body(
+                        stream, request.request_body
+                    )
+                else:
+                    response = self._handle(stream, request)
                 if response is not None:
                     await context.write(response)
-                if stream.routed and self._end_after_route and self.book.hears_outcomes:
+                if (
+                    stream.routed
+                    and self._end_after_route
+                    and self.book.hears_outcomes
+                    and not stream.observes_response
+                ):
                     # Returning closes the stream with OK: Envoy skips ext_proc for the rest of the request.
                     # The book holds the pick in flight until its access-log entry (or its TTL); with no
                     # access log connected the stream stays open and its end releases the pick.
@@ -145,48 +179,6 @@ class ExtProcServicer:
         finally:
             stream.end()
 
-    async def _process_attempt(
-        self,
-        provider: str,
-        request_iterator: AsyncIterator[pb.ProcessingRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> None:
-        """The upstream filter's stream for one attempt to `provider`: rewrite it, then end the stream."""
-        headers: dict[str, str] = {}
-        chunks: list[bytes] = []
-        async for request in request_iterator:
-            kind = request.WhichOneof("request")
-            body: bytes | None = None
-            if kind == "request_headers":
-                for hv in request.request_headers.headers.headers:
-                    headers[hv.key.lower()] = (
-                        hv.raw_value.decode("utf-8", "replace") if hv.raw_value else hv.value
-                    )
-                if not request.request_headers.end_of_stream:
-                    await context.write(msg.continue_request_headers())
-                    continue
-            elif kind == "request_body":
-                chunks.append(request.request_body.body)
-                if not (
-                    request.request_body.end_of_stream or request.request_body.end_of_stream_without_message
-                ):
-                    await context.write(msg.continue_request_body())
-                    continue
-                body = b"".join(chunks)
-            else:
-                continue  # the filter sends nothing else (processing_mode skips the rest)
-            if self._traffic is None:
-                reply = _error(
-                    RequestError(502, "Traffic documents are not loaded.", code="no_traffic_config")
-                )
-            else:
-                try:
-                    reply = self._traffic.attempt(provider, headers, body)
-                except RequestError as exc:
-                    reply = _error(exc)
-            await context.write(reply)
-            return
-
     def _handle(self, stream: _Stream, request: pb.ProcessingRequest) -> pb.ProcessingResponse | None:
         kind = request.WhichOneof("request")
         if kind == "request_headers":
@@ -194,10 +186,14 @@ class ExtProcServicer:
         if kind == "request_body":
             return self._on_request_body(stream, request.request_body)
         if kind == "response_headers":
+            if stream.cache is not None:
+                cache_msg.response_started(stream.cache, request.response_headers)
             self._on_response_headers(stream, request.response_headers)
             return msg.continue_response_headers()
         if kind == "response_body":
             body = request.response_body
+            if stream.cache is not None:
+                cache_msg.response_body(stream.cache, body)
             if body.end_of_stream or body.end_of_stream_without_message:
                 stream.end()
             return msg.continue_response_body()
@@ -215,11 +211,37 @@ class ExtProcServicer:
         stream.path = headers.get(":path", "")
         if http_headers.end_of_stream and not stream.routed:
             return self._route(stream, b"", on_headers=True)
+        if self._cache is not None:
+            stream.cache_selected, answer = self._cache.on_request_headers(headers)
+            return answer
         return msg.continue_request_headers()
 
     def _on_request_body(self, stream: _Stream, body: pb.HttpBody) -> pb.ProcessingResponse:
         if stream.routed:
             return msg.continue_request_body()
+        data = self._collect_body(stream, body)
+        if isinstance(data, pb.ProcessingResponse):
+            return data
+        return self._route(stream, data, on_headers=False)
+
+    async def _on_cached_body(self, stream: _Stream, body: pb.HttpBody) -> pb.ProcessingResponse:
+        """The request body of a request the cache selected: a hit is answered, anything else routed."""
+        data = self._collect_body(stream, body)
+        if isinstance(data, pb.ProcessingResponse):
+            return data
+        assert self._cache is not None
+        try:
+            stream.cache = begun = await self._cache.on_request_body(stream.headers, stream.path, data)
+        except RequestError as exc:
+            stream.routed = True
+            return _error(exc)
+        if begun.hit is not None:
+            stream.routed = True
+            return cache_msg.hit_response(begun)
+        return self._route(stream, data if begun.body is None else begun.body, False, begun)
+
+    def _collect_body(self, stream: _Stream, body: pb.HttpBody) -> bytes | pb.ProcessingResponse:
+        """The whole body once its last chunk came; until then CONTINUE (or a 413 past the limit)."""
         chunk = body.body
         if chunk:
             stream.chunks.append(chunk)
@@ -236,7 +258,7 @@ class ExtProcServicer:
             return msg.continue_request_body()
         data = stream.chunks[0] if len(stream.chunks) == 1 else b"".join(stream.chunks)
         stream.chunks.clear()
-        return self._route(stream, data, on_headers=False)
+        return data
 
     def _on_response_headers(self, stream: _Stream, http_headers: pb.HttpHeaders) -> None:
         """The answer Envoy relays: its status, and which pod sent it (a fallback when the pick failed)."""
@@ -257,9 +279,15 @@ class ExtProcServicer:
         if http_headers.end_of_stream:
             stream.end()
 
-    def _route(self, stream: _Stream, body: bytes, on_headers: bool) -> pb.ProcessingResponse:
+    def _route(
+        self, stream: _Stream, body: bytes, on_headers: bool, cache: Begun | None = None
+    ) -> pb.ProcessingResponse:
         stream.routed = True
         pool_route = False
+        # The cache's status for the rendered route to copy onto the response, and the body without the
+        # `cache` object (when it had one).
+        extra = () if cache is None else ((CACHE_HEADER, cache.status),)
+        stripped = None if cache is None else cache.body
         if self._traffic is not None and self._traffic.owns(stream.headers):
             try:
                 choice = self._traffic.choose(stream.headers, body)
@@ -267,7 +295,7 @@ class ExtProcServicer:
                 return _error(exc)
             provider = choice.target.provider
             if provider is not None:
-                return msg.choose_provider(provider.host, choice.rule)
+                return msg.choose_provider(provider.host, choice.rule, stripped, extra)
             pool_route = True  # an LLMRoute backendRef naming the local pool: the picker's path
         try:
             lifecycle = self._director.begin(body, stream.headers, stream.path)
@@ -285,20 +313,11 @@ class ExtProcServicer:
         destination = ",".join([lifecycle.endpoint.address, *(e.address for e in fallbacks)])
         if on_headers:
             return msg.route_on_headers(destination, self._pod_credentials)
-        return msg.route_on_body(destination, lifecycle.rewritten_body, self._pod_credentials, pool_route)
+        new_body = lifecycle.rewritten_body if lifecycle.rewritten_body is not None else stripped
+        return msg.route_on_body(destination, new_body, self._pod_credentials, pool_route, extra)
 
 
-def _upstream_provider(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-    """The provider an upstream filter's stream is for (its gRPC metadata), None for the listener's."""
-    for key, value in context.invocation_metadata() or ():
-        if key == msg.UPSTREAM_METADATA_KEY:
-            return value if isinstance(value, str) else value.decode()
-    return None
-
-
-def _error(exc: Exception) -> pb.ProcessingResponse:
-    reply = error_reply(exc)
-    return msg.immediate(reply.status, reply.body, f"epp_{reply.status}")
+_error = msg.error_answer
 
 
 class ExtProcServer:
@@ -314,6 +333,7 @@ class ExtProcServer:
         pod_credentials: PodCredentials | None = None,
         end_after_route: bool = True,
         traffic: TrafficProcessor | None = None,
+        cache: ExtProcCache | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -325,6 +345,7 @@ class ExtProcServer:
             pod_credentials=pod_credentials,
             end_after_route=end_after_route,
             traffic=traffic,
+            cache=cache,
         )
         self.outcomes = self._servicer.book  # what Envoy's access log says of routed requests
         self._access_log = AccessLogReceiver(self.outcomes)

@@ -11,6 +11,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2  # type: ignore[import-untyped]
 
+from epp.picking import error_reply
 from epp.pod_auth import PodCredentials
 
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
@@ -27,7 +28,7 @@ FROM_HEADER = "-"  # that metadata's value for an aggregate cluster: the provide
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
-def _set_header(name: str, value: str) -> base_pb2.HeaderValueOption:
+def set_header(name: str, value: str) -> base_pb2.HeaderValueOption:
     # Envoy 1.40 reads raw_value only; overwrite so a client cannot pre-set the destination header itself.
     return base_pb2.HeaderValueOption(
         header=base_pb2.HeaderValue(key=name, raw_value=value.encode()), append_action=_OVERWRITE
@@ -43,18 +44,22 @@ def _destination_metadata(address: str) -> struct_pb2.Struct:
 
 
 def _routing_common(
-    address: str, new_body: bytes | None, pod_credentials: PodCredentials | None, pool_route: bool = False
+    address: str,
+    new_body: bytes | None,
+    pod_credentials: PodCredentials | None,
+    pool_route: bool = False,
+    extra: tuple[tuple[str, str], ...] = (),
 ) -> pb.CommonResponse:
-    headers = [_set_header(DESTINATION_HEADER, address)]
+    headers = [set_header(DESTINATION_HEADER, address), *(set_header(k, v) for k, v in extra)]
     if pool_route:  # an LLMRoute chose the local pool: the route host's POOL_HEADER route takes it
-        headers.append(_set_header(POOL_HEADER, "1"))
+        headers.append(set_header(POOL_HEADER, "1"))
     removed: tuple[str, ...] = ()
     if pod_credentials is not None:
-        headers.extend(_set_header(name, value) for name, value in pod_credentials.set_headers())
+        headers.extend(set_header(name, value) for name, value in pod_credentials.set_headers())
         removed = pod_credentials.removed_headers()
     body_mutation = None
     if new_body is not None:
-        headers.append(_set_header("content-length", str(len(new_body))))
+        headers.append(set_header("content-length", str(len(new_body))))
         body_mutation = pb.BodyMutation(body=new_body)
     return pb.CommonResponse(
         header_mutation=pb.HeaderMutation(set_headers=headers, remove_headers=removed),
@@ -76,28 +81,37 @@ def route_on_body(
     new_body: bytes | None,
     pod_credentials: PodCredentials | None = None,
     pool_route: bool = False,
+    extra: tuple[tuple[str, str], ...] = (),
 ) -> pb.ProcessingResponse:
     """Answer to the (last chunk of the) request body: route to `address`, replacing the body if rewritten
-    (with the pod key, if any)."""
-    common = _routing_common(address, new_body, pod_credentials, pool_route)
+    (with the pod key, if any, and the `extra` request headers)."""
+    common = _routing_common(address, new_body, pod_credentials, pool_route, extra)
     return pb.ProcessingResponse(
         request_body=pb.BodyResponse(response=common),
         dynamic_metadata=_destination_metadata(address),
     )
 
 
-def choose_provider(provider: str, rule: str | None) -> pb.ProcessingResponse:
+def choose_provider(
+    provider: str, rule: str | None, new_body: bytes | None = None, extra: tuple[tuple[str, str], ...] = ()
+) -> pb.ProcessingResponse:
     """Answer to the request body: send it to `provider`'s route (the rule picks its routeSpecificConfig).
 
     Both headers are overwritten or removed, so a client cannot pick a provider or a rule itself."""
-    headers = [_set_header(PROVIDER_HEADER, provider)]
+    headers = [set_header(PROVIDER_HEADER, provider), *(set_header(k, v) for k, v in extra)]
     removed = [POOL_HEADER]
     if rule is None:
         removed.append(RULE_HEADER)
     else:
-        headers.append(_set_header(RULE_HEADER, rule))
+        headers.append(set_header(RULE_HEADER, rule))
+    body_mutation = None
+    if new_body is not None:
+        headers.append(set_header("content-length", str(len(new_body))))
+        body_mutation = pb.BodyMutation(body=new_body)
     common = pb.CommonResponse(
-        header_mutation=pb.HeaderMutation(set_headers=headers, remove_headers=removed), clear_route_cache=True
+        header_mutation=pb.HeaderMutation(set_headers=headers, remove_headers=removed),
+        body_mutation=body_mutation,
+        clear_route_cache=True,
     )
     return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
 
@@ -106,13 +120,13 @@ def provider_attempt(
     set_headers: dict[str, str], remove_headers: list[str], body: bytes | None
 ) -> pb.ProcessingResponse:
     """The upstream filter's answer: one attempt rewritten for its provider (None body: answer headers)."""
-    headers = [_set_header(k, v) for k, v in set_headers.items()]
+    headers = [set_header(k, v) for k, v in set_headers.items()]
     if body is None:
         mutation = pb.HeaderMutation(set_headers=headers, remove_headers=remove_headers)
         return pb.ProcessingResponse(
             request_headers=pb.HeadersResponse(response=pb.CommonResponse(header_mutation=mutation))
         )
-    headers.append(_set_header("content-length", str(len(body))))
+    headers.append(set_header("content-length", str(len(body))))
     mutation = pb.HeaderMutation(set_headers=headers, remove_headers=remove_headers)
     common = pb.CommonResponse(header_mutation=mutation, body_mutation=pb.BodyMutation(body=body))
     return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
@@ -123,11 +137,17 @@ def immediate(status: int, body: bytes, details: str) -> pb.ProcessingResponse:
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=status),
-            headers=pb.HeaderMutation(set_headers=[_set_header("content-type", "application/json")]),
+            headers=pb.HeaderMutation(set_headers=[set_header("content-type", "application/json")]),
             body=body,
             details=details,
         )
     )
+
+
+def error_answer(exc: Exception) -> pb.ProcessingResponse:
+    """The OpenAI-style JSON error for `exc` as an ImmediateResponse."""
+    reply = error_reply(exc)
+    return immediate(reply.status, reply.body, f"epp_{reply.status}")
 
 
 # CONTINUE answers carry nothing request-specific: built once and shared (grpc serializes each on write).

@@ -13,9 +13,11 @@ never mixes versions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from epp.request import RequestError
@@ -111,3 +113,52 @@ class TrafficProcessor:
 
 def _authority(headers: Mapping[str, str]) -> str:
     return headers.get(":authority") or headers.get("host", "")
+
+
+async def process_attempt(
+    traffic: TrafficProcessor | None,
+    provider: str,
+    request_iterator: AsyncIterator[pb.ProcessingRequest],
+    context: grpc.aio.ServicerContext[Any, Any],
+) -> None:
+    """The upstream filter's stream for one attempt to `provider`: rewrite it, then end the stream."""
+    headers: dict[str, str] = {}
+    chunks: list[bytes] = []
+    async for request in request_iterator:
+        kind = request.WhichOneof("request")
+        body: bytes | None = None
+        if kind == "request_headers":
+            for hv in request.request_headers.headers.headers:
+                headers[hv.key.lower()] = (
+                    hv.raw_value.decode("utf-8", "replace") if hv.raw_value else hv.value
+                )
+            if not request.request_headers.end_of_stream:
+                await context.write(msg.continue_request_headers())
+                continue
+        elif kind == "request_body":
+            chunks.append(request.request_body.body)
+            if not (request.request_body.end_of_stream or request.request_body.end_of_stream_without_message):
+                await context.write(msg.continue_request_body())
+                continue
+            body = b"".join(chunks)
+        else:
+            continue  # the filter sends nothing else (processing_mode skips the rest)
+        if traffic is None:
+            reply = msg.error_answer(
+                RequestError(502, "Traffic documents are not loaded.", code="no_traffic_config")
+            )
+        else:
+            try:
+                reply = traffic.attempt(provider, headers, body)
+            except RequestError as exc:
+                reply = msg.error_answer(exc)
+        await context.write(reply)
+        return
+
+
+def upstream_provider(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The provider an upstream filter's stream is for (its gRPC metadata), None for the listener's."""
+    for key, value in context.invocation_metadata() or ():
+        if key == msg.UPSTREAM_METADATA_KEY:
+            return value if isinstance(value, str) else value.decode()
+    return None

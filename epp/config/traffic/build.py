@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from pydantic import ValidationError
 
-from epp.config.envvars import expand_env
+from epp.config.envvars import expand_env, expansion_issues
 from epp.config.errors import (
     ConfigIssue,
     DocumentRef,
@@ -145,11 +145,7 @@ def _parse(
         return None
     expansion = expand_env(dict(raw), env)
     secrets |= expansion.used_values
-    for loc, variable in expansion.missing:
-        issues.append(ConfigIssue(where, f"environment variable {variable} is not set", format_loc(loc)))
-    for loc, ref in expansion.invalid:
-        reason = f"invalid environment reference {ref}: use ${{NAME}} (letters, digits, _) or $${{ (literal)"
-        issues.append(ConfigIssue(where, reason, format_loc(loc)))
+    issues += expansion_issues(expansion, where)
     if expansion.missing or expansion.invalid:
         return None
     body: dict[str, Any] = expansion.value

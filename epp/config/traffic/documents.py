@@ -26,7 +26,7 @@ trailing whitespace stripped); once validated it is a SecretStr and never shown.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     AfterValidator,
@@ -81,13 +81,15 @@ class StrictModel(BaseModel):
 
 
 class PlacedModel(StrictModel):
-    """A spec that also accepts (and ignores) the mesh's placement fields."""
+    """A spec that also accepts (and ignores) the mesh's placement fields (`placement_fields`)."""
+
+    placement_fields: ClassVar[tuple[str, ...]] = MESH_PLACEMENT_FIELDS
 
     @model_validator(mode="before")
     @classmethod
     def _drop_placement(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            return {k: v for k, v in data.items() if k not in MESH_PLACEMENT_FIELDS}
+            return {k: v for k, v in data.items() if k not in cls.placement_fields}
         return data
 
 
@@ -169,7 +171,8 @@ class LLMProviderSpec(PlacedModel):
         return specific.openai.over(default) if specific else default
 
 
-def _compile(pattern: str) -> str:
+def checked_regex(pattern: str) -> str:
+    """`pattern` if it compiles and is not too long (a pydantic AfterValidator)."""
     if len(pattern) > MAX_REGEX_CHARS:
         raise ValueError(f"regex is longer than {MAX_REGEX_CHARS} characters")
     try:
@@ -184,7 +187,7 @@ class StringMatch(StrictModel):
 
     exact: str | None = None
     prefix: str | None = None
-    regex: Annotated[str, AfterValidator(_compile)] | None = None
+    regex: Annotated[str, AfterValidator(checked_regex)] | None = None
 
     @model_validator(mode="after")
     def _one(self) -> StringMatch:
