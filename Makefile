@@ -2,7 +2,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck unit demo demo-cache clean
+.PHONY: setup test lint typecheck unit demo demo-cache observe clean
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	scripts/bootstrap.sh
@@ -25,6 +25,10 @@ test: lint typecheck unit
 
 demo: $(STAMP)
 	$(BIN)/epp demo
+
+# The demo's traffic with Prometheus attached: prints its URL and the dashboards to import (docs/operations.md).
+observe: $(STAMP)
+	$(BIN)/python -m bench.observe
 
 # The response cache's seed check (docs/cache.md): starts its own redis-server and simulated pods.
 demo-cache: $(STAMP)

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from epp.process_group import stop_child
+
 
 class RedisProcess:
     """One redis-server; `stop()` and `start()` again keep its folder (and so its append-only file)."""
@@ -47,13 +49,8 @@ class RedisProcess:
                 time.sleep(0.02)
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None:
+            stop_child(self._proc)
         self._proc = None
 
 

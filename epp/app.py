@@ -72,6 +72,8 @@ class EppApp:
             options.seed,
             max_attempts=options.max_attempts,
             pod_credentials=options.pod_credentials,
+            discovery=options.discovery,
+            env=env,
         )
         self.datastore = self.core.datastore
         self.metrics = self.core.metrics
@@ -79,7 +81,7 @@ class EppApp:
         self.director = self.core.director
         self.traffic = TrafficProcessor(TrafficRouter(traffic, self.rng)) if traffic is not None else None
         self.http_app = create_http_app(
-            self.director, self.datastore, self.metrics.registry, options.max_body_bytes
+            self.director, self.datastore, self.metrics.registry, options.max_body_bytes, self.core.health
         )
         self.cache: CacheFront | None = None
         if config.cache is not None:
@@ -136,7 +138,7 @@ class EppApp:
             len(self.datastore.endpoints()),
             opts.staleness_s,
         )
-        if not self.datastore.endpoints():
+        if not self.datastore.endpoints() and self.core.discovery is None:
             logger.warning(
                 "no endpoints configured (--endpoints or a StaticEndpoints document): /pick answers 503"
             )

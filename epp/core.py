@@ -20,8 +20,10 @@ import httpx
 from epp.config import ConfigError, EppConfig, load_config, parse_endpoints
 from epp.config.errors import ConfigIssue, DocumentRef
 from epp.datastore import Datastore, Endpoint, EndpointEvent
+from epp.discovery.build import Discovery, build_discovery
+from epp.discovery.options import DiscoveryOptions
 from epp.health.outlier import OutlierDetector
-from epp.metrics import EppMetrics
+from epp.metrics import DEFAULT_POOL, EppMetrics
 from epp.model_catalog import ModelCatalog
 from epp.pod_auth import PodCredentials
 from epp.requestcontrol.director import Director, DirectorSettings
@@ -51,6 +53,8 @@ class PickerOptions:
     pod_credentials: PodCredentials | None = None  # the pods' API key (epp.pod_auth); repr redacted
     config_reload_interval_s: float = 2.0  # poll the config files for changes (0: only on SIGHUP)
     cache_service: str | None = None  # the response cache: "in-process" or a URL (None: as configured)
+    # --discovery: the pods from the apiserver or a file (epp.discovery), added to the static endpoints
+    discovery: DiscoveryOptions | None = None
 
 
 def load_pool(options: PickerOptions, env: Mapping[str, str]) -> tuple[EppConfig, list[Endpoint]]:
@@ -87,14 +91,25 @@ class PickerCore:
         seed: int | None,
         max_attempts: int = 2,
         pod_credentials: PodCredentials | None = None,
+        discovery: DiscoveryOptions | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """`discovery` adds the pods it finds to `endpoints` (static ones win a name clash); `env` is where
+        in-cluster discovery finds KUBERNETES_SERVICE_HOST/PORT."""
         self.config = config
+        self._static_endpoints = list(endpoints)
         self.pod_credentials = pod_credentials
         self.outlier = OutlierDetector(config.outlier_settings, listener=self._on_ejection)
         self.datastore = Datastore(staleness_s=staleness_s, outlier=self.outlier)
         self.datastore.subscribe(self._on_endpoint_event)
         self.datastore.set_endpoints(endpoints)
-        self.metrics = EppMetrics(self.datastore)
+        pool = next(iter(config.pools.values()), None)
+        self.metrics = EppMetrics(
+            self.datastore,
+            pool_name=pool.name if pool is not None else DEFAULT_POOL,
+            namespace=(pool.metadata.namespace or "") if pool is not None else "",
+        )
+        self.metrics.requests.reserve_models(configured_models(config))
         self.rng = random.Random(seed)
         try:
             self.scheduler = build_scheduler(
@@ -125,6 +140,28 @@ class PickerCore:
         self._scraper: Scraper | None = None
         self._own_fetcher: AiohttpFetcher | None = None
         self._catalog_task: asyncio.Task[None] | None = None
+        self.discovery: Discovery | None = None
+        if discovery is not None:
+            self.use_discovery(discovery, env or {})
+
+    def health(self) -> dict[str, object]:
+        """What /healthz adds: pod discovery's state (up, since when, why not), when discovery is on."""
+        return {} if self.discovery is None else {"discovery": self.discovery.status.as_dict()}
+
+    def use_discovery(self, options: DiscoveryOptions, env: Mapping[str, str]) -> None:
+        """Follow a discovery source from `start_scraping` on; ConfigError when it cannot be set up."""
+        try:
+            self.discovery = build_discovery(
+                options, self.config, self._on_discovered, self.metrics.registry, env
+            )
+        except ValueError as exc:  # KubeConfigError: not in a cluster, no pool named
+            raise ConfigError([ConfigIssue(DocumentRef("--discovery"), str(exc))]) from None
+
+    def _on_discovered(self, discovered: list[Endpoint]) -> None:
+        static = {e.name for e in self._static_endpoints}
+        self.datastore.set_endpoints(
+            [*self._static_endpoints, *(e for e in discovered if e.name not in static)]
+        )
 
     def _on_endpoint_event(self, event: EndpointEvent, endpoint: Endpoint) -> None:
         if event is not EndpointEvent.RESTARTED:
@@ -142,7 +179,10 @@ class PickerCore:
     def start_scraping(
         self, interval_s: float, timeout_s: float, client: httpx.AsyncClient | None = None
     ) -> None:
-        """Scrape every endpoint's /metrics and their /v1/models; `client` (the caller's) defaults to ours."""
+        """Start discovery (if any), then scrape every endpoint's /metrics and their /v1/models; `client`
+        (the caller's) defaults to ours."""
+        if self.discovery is not None:
+            self.discovery.start()
         if client is None:
             self._own_fetcher = AiohttpFetcher()
         source = client if client is not None else self._own_fetcher
@@ -152,8 +192,10 @@ class PickerCore:
         self._catalog_task = asyncio.create_task(self.catalog.run(), name="model-catalog")
 
     async def stop_scraping(self) -> None:
-        """Stop the scrape loop and the catalog's refresh loop; the catalog still answers from what it has
-        and refreshes on demand."""
+        """Stop discovery, the scrape loop and the catalog's refresh loop; the catalog still answers from what
+        it has and refreshes on demand."""
+        if self.discovery is not None:
+            await self.discovery.close()
         task, self._catalog_task = self._catalog_task, None
         if task is not None:
             task.cancel()
@@ -171,3 +213,15 @@ class PickerCore:
         until the servers have stopped)."""
         await self.stop_scraping()
         await self.models_client.aclose()
+
+
+def configured_models(config: EppConfig) -> list[str]:
+    """The model names the config itself names (InferenceModels and their targets): they keep their own
+    metric label whatever clients send."""
+    names: list[str] = []
+    for name in config.models:
+        names.append(name)
+        spec = config.models.lookup(name)
+        if spec is not None:
+            names += [target for target, _ in spec.target_weights()]
+    return names

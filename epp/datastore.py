@@ -17,11 +17,16 @@ from epp.health.outlier import OutlierDetector
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A model-server pod: a stable name and where to reach it."""
+    """A model-server pod: a stable name and where to reach it.
+
+    `labels` (sorted `(key, value)` pairs, from discovery) are not part of the identity: a label-only change
+    keeps the endpoint's metrics, health and in-flight count.
+    """
 
     name: str
     host: str
     port: int
+    labels: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @property
     def address(self) -> str:
@@ -116,6 +121,8 @@ class Datastore:
             if name not in self._states:
                 self._states[name] = EndpointState(endpoint)
                 self._emit(EndpointEvent.ADDED, endpoint)
+            elif self._states[name].endpoint.labels != endpoint.labels:
+                self._states[name].endpoint = endpoint  # relabelled: same pod, same state
 
     def endpoints(self) -> list[Endpoint]:
         return [s.endpoint for s in self._states.values()]

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 from epp.config.cli_types import any_int, non_negative_seconds, positive_int, positive_seconds
 from epp.config.routing_strategy import RoutingStrategy
+from epp.discovery.options import DiscoveryOptions, parse_discovery
 
 
 def add_picker_arguments(p: argparse.ArgumentParser) -> None:
     """--config, --endpoints, --strategy, --host, --scrape-interval/-timeout, --staleness, --max-attempts,
-    --seed, --log-level, --config-reload-interval."""
+    --seed, --log-level, --config-reload-interval, --cache-service and the discovery flags."""
     p.add_argument(
         "--config",
         action="append",
@@ -64,6 +66,71 @@ def add_picker_arguments(p: argparse.ArgumentParser) -> None:
         "tiers in this process, on the configured Redis) or the URL of an `epp cache serve`; default: "
         "the WasmPlugin's service:port, else in-process",
     )
+    add_discovery_arguments(p)
+
+
+def _discovery(value: str) -> tuple[str, Path | None]:
+    try:
+        return parse_discovery(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_discovery_arguments(p: argparse.ArgumentParser) -> None:
+    """--discovery kubernetes|file:PATH, --kube-api/-token-file/-ca-file, --pool-name/-namespace,
+    --discovery-interval (docs/operations.md, "Pod discovery")."""
+    g = p.add_argument_group("pod discovery (docs/operations.md)")
+    g.add_argument(
+        "--discovery",
+        type=_discovery,
+        default=None,
+        metavar="kubernetes|file:PATH",
+        help="find the pods: `kubernetes` lists and watches the InferencePool's pods (in-cluster service "
+        "account, or --kube-api); `file:PATH` reads a YAML file of endpoints and follows its changes. "
+        "Added to --endpoints and static endpoints",
+    )
+    g.add_argument(
+        "--kube-api",
+        default=None,
+        metavar="URL",
+        help="with --discovery kubernetes: this apiserver URL instead of KUBERNETES_SERVICE_HOST/PORT (e.g. "
+        "`kubectl proxy`'s http://127.0.0.1:8001)",
+    )
+    g.add_argument(
+        "--kube-token-file", type=Path, default=None, metavar="PATH", help="bearer token for --kube-api"
+    )
+    g.add_argument("--kube-ca-file", type=Path, default=None, metavar="PATH", help="CA bundle for --kube-api")
+    g.add_argument(
+        "--pool-name", default=None, help="the InferencePool to follow (default: the config's one)"
+    )
+    g.add_argument(
+        "--pool-namespace",
+        default=None,
+        help="its namespace (default: the pool document's, else this pod's, else `default`)",
+    )
+    g.add_argument(
+        "--discovery-interval",
+        type=positive_seconds,
+        default=1.0,
+        help="with --discovery file:PATH: seconds between checks of the file (default 1)",
+    )
+
+
+def discovery_options(args: argparse.Namespace) -> DiscoveryOptions | None:
+    """The DiscoveryOptions `add_discovery_arguments`' flags ask for; None without --discovery."""
+    if args.discovery is None:
+        return None
+    mode, path = args.discovery
+    return DiscoveryOptions(
+        mode,
+        path,
+        kube_api=args.kube_api,
+        kube_token_file=args.kube_token_file,
+        kube_ca_file=args.kube_ca_file,
+        pool_name=args.pool_name,
+        pool_namespace=args.pool_namespace,
+        poll_interval_s=args.discovery_interval,
+    )
 
 
 def picker_option_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -81,6 +148,7 @@ def picker_option_values(args: argparse.Namespace) -> dict[str, Any]:
         "log_level": args.log_level,
         "config_reload_interval_s": args.config_reload_interval,
         "cache_service": args.cache_service,
+        "discovery": discovery_options(args),
     }
 
 

@@ -1,4 +1,5 @@
-"""Stopping a child that was started in its own process group (`start_new_session=True` / setsid)."""
+"""Stopping a child process: one started in its own process group (`start_new_session=True` / setsid), or a
+plain child."""
 
 from __future__ import annotations
 
@@ -28,4 +29,16 @@ def stop_group(
     except subprocess.TimeoutExpired:
         signal_group(proc, signal.SIGKILL)
         proc.wait()
+    return proc.returncode
+
+
+def stop_child(proc: subprocess.Popen[Any], grace_s: float = 10.0) -> int:
+    """SIGTERM a plain child, SIGKILL it after `grace_s`; returns its exit code (a child gone is fine)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     return proc.returncode

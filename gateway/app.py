@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -73,6 +74,7 @@ class GatewayApp:
         registry: CollectorRegistry,
         body_limits: BodyLimits,
         routes: AllowedRoutes,
+        health: Callable[[], Mapping[str, object]] | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._catalog = catalog
@@ -83,6 +85,7 @@ class GatewayApp:
         self._limits = body_limits
         self._budget = BodyBudget(body_limits.max_buffered_body_bytes)
         self._routes = routes
+        self._health = health  # more /healthz fields (pod discovery's state)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # served with lifespan off; websockets are not part of the API
@@ -115,6 +118,7 @@ class GatewayApp:
             bad_headers = ""
         headers["x-request-id"] = request_id_from(headers)  # forwarded too: both planes log the same id
         ctx = RequestContext(path, headers, b"")
+        self._recorder.watch(ctx)  # before the pipeline runs: its reply hook wraps outermost
         lease = self._budget.lease()
         self._metrics.in_flight.inc()
         try:
@@ -218,7 +222,9 @@ class GatewayApp:
     async def _healthz(self, send: Send) -> None:
         schedulable = len(self._datastore.schedulable())
         total = len(self._datastore.endpoints())
-        await send_json(send, 200, {"status": "ok", "endpoints": total, "schedulable_endpoints": schedulable})
+        extra = self._health() if self._health is not None else {}
+        body = {"status": "ok", "endpoints": total, "schedulable_endpoints": schedulable, **extra}
+        await send_json(send, 200, body)
 
 
 async def _method_not_allowed(send: Send, method: str, allowed: frozenset[str]) -> None:

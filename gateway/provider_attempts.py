@@ -148,7 +148,6 @@ class ProviderAttempts:
     def first_token(self) -> float:
         if self.first_token_s is None:
             self.first_token_s = time.perf_counter() - self._arrived
-            self._metrics.ttft_of(self.route, self._upstream.name).observe(self.first_token_s)
         return self.first_token_s
 
     def complete(

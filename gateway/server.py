@@ -106,6 +106,8 @@ class Gateway:
             options.seed,
             max_attempts=options.max_attempts,
             pod_credentials=options.pod_credentials,
+            discovery=options.discovery,
+            env=env,
         )
         self.datastore = self.core.datastore
         registry = self.core.metrics.registry
@@ -159,6 +161,7 @@ class Gateway:
             registry,
             BodyLimits(options.max_body_bytes, options.body_timeout_s, options.max_buffered_body_bytes),
             options.allowed_routes,
+            self.core.health,
         )
         edge = EdgeLimits(
             options.max_header_bytes,
@@ -228,7 +231,7 @@ class Gateway:
             len(self.datastore.endpoints()),
             opts.staleness_s,
         )
-        if not self.datastore.endpoints():
+        if not self.datastore.endpoints() and self.core.discovery is None:
             logger.warning("no endpoints configured (--endpoints or a StaticEndpoints document): all 503")
 
     async def stop(self) -> None:

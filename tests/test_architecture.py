@@ -53,8 +53,11 @@ LAYER_OF: dict[str, str] = {
     "epp.requestcontrol": REQUEST_CONTROL,
     "epp.metrics": SERVICES,
     "epp.labelled_metrics": SERVICES,
+    "epp.request_metrics": SERVICES,  # the llm-d/GIE request families (both planes)
+    "epp.otel_metrics": SERVICES,  # OpenTelemetry GenAI gateway metrics
     "epp.config_reload": SERVICES,  # ConfigWatcher: reload on file change or SIGHUP
     "epp.model_catalog": SERVICES,
+    "epp.discovery": SERVICES,  # pod discovery: Kubernetes list/watch, discovery file
     "epp.cache": SERVICES,  # the LLM response cache (exact + semantic tiers, cache-service client)
     "epp.traffic": VOCABULARY,
     "epp.servers": SERVERS,

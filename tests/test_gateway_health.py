@@ -614,7 +614,7 @@ async def test_gateway_ttft_metric_and_access_log_agree_with_the_client(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.access")
-    histogram = "epp_gateway_time_to_first_token_seconds"
+    histogram = "llm_d_epp_request_ttft_seconds"
     # time_scale 0.1: one engine step is ~20 ms of wall time, so TTFT is tens of milliseconds.
     async with (
         SimFleet(pods=1, profile="tiny", time_scale=0.1, log_level="critical") as fleet,

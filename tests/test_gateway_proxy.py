@@ -228,9 +228,11 @@ async def test_records_metrics_and_one_access_line_without_secrets(
     pod = r.headers[POD_HEADER]
     route = "/v1/chat/completions"
     assert metric_value(text, "epp_gateway_requests_total", route=route, status="200", endpoint=pod) == 1
-    assert metric_value(text, "epp_gateway_time_to_first_token_seconds_count", strategy="ROUND_ROBIN") == 1
-    assert metric_value(text, "epp_gateway_request_duration_seconds_count", route=route) == 1
-    assert metric_value(text, "epp_picks_total", endpoint=pod) == 1  # epp's own metrics are there too
+    assert metric_value(text, "llm_d_epp_request_ttft_seconds_count") == 1
+    assert metric_value(text, "llm_d_epp_request_duration_seconds_count") == 1
+    assert metric_value(text, "gen_ai_server_request_duration_seconds_count", error_type="") == 1
+    # epp's own metrics are there too
+    assert metric_value(text, "llm_d_epp_scheduler_attempts_total", status="success", endpoint_name=pod) == 1
     lines = [rec.getMessage() for rec in caplog.records if rec.name == "gateway.access"]
     assert len(lines) == 1
     assert "request_id=req-42" in lines[0] and f"endpoint={pod}" in lines[0] and "status=200" in lines[0]

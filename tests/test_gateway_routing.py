@@ -48,8 +48,8 @@ async def test_prompts_sharing_a_long_prefix_stick_to_one_pod() -> None:
         assert len(set(pods)) == 1, pods
         text = (await client.get("/metrics")).text
         # After the first request the prefix was cached where it went, and the picker saw it.
-        assert metric_value(text, "epp_prefix_match_ratio_count") == 6
-        assert metric_value(text, "epp_prefix_match_ratio_bucket", le="0.5") <= 1
+        assert metric_value(text, "llm_d_epp_prefix_indexer_hit_ratio_count") == 6
+        assert metric_value(text, "llm_d_epp_prefix_indexer_hit_ratio_bucket", le="0.5") <= 1
 
 
 async def test_the_same_prompts_spread_without_prefix_routing() -> None:

@@ -211,11 +211,30 @@ async def test_metrics_after_decisions(harness: Harness) -> None:
     }
     assert values[("epp_decisions_total", (("result", "ok"), ("strategy", "PREFIX_CACHE")))] == 3
     assert values[("epp_decisions_total", (("result", "bad_request"), ("strategy", "PREFIX_CACHE")))] == 1
-    assert values[("epp_decision_latency_seconds_count", (("strategy", "PREFIX_CACHE"),))] == 4
-    assert values[("epp_prefix_match_ratio_count", ())] == 3
-    assert values[("epp_picks_total", (("endpoint", "pod-a"),))] == 3
-    assert values[("epp_schedulable_endpoints", ())] == 1
-    assert values[("epp_endpoint_waiting_requests", (("endpoint", "pod-a"),))] == 0
+    assert values[("llm_d_epp_scheduler_e2e_duration_seconds_count", ())] == 4
+    assert (
+        values[
+            (
+                "llm_d_epp_prefix_indexer_hit_ratio_count",
+                (("plugin_name", "prefix-cache-scorer"), ("plugin_type", "prefix-cache-scorer")),
+            )
+        ]
+        == 3
+    )
+    picks = [
+        value
+        for (name, labels), value in values.items()
+        if name == "llm_d_epp_scheduler_attempts_total"
+        and {("endpoint_name", "pod-a"), ("status", "success")} <= set(labels)
+    ]
+    assert picks == [3]
+    assert values[("llm_d_epp_ready_endpoints", (("name", "default"),))] == 1
+    assert (
+        values[
+            ("llm_d_epp_per_endpoint_queue_size", (("model_server_endpoint", "pod-a"), ("name", "default")))
+        ]
+        == 0
+    )
 
 
 async def test_unknown_route_and_method(harness: Harness) -> None:

@@ -49,13 +49,49 @@ def test_decisions_latency_ratio_and_shed() -> None:
     assert s[("epp_decisions_total", (("result", "ok"), ("strategy", "LOAD_AWARE")))] == 2
     assert s[("epp_decisions_total", (("result", "shed"), ("strategy", "LOAD_AWARE")))] == 1
     assert s[("epp_shed_requests_total", ())] == 1
-    assert s[("epp_decision_latency_seconds_count", (("strategy", "LOAD_AWARE"),))] == 3
+    assert s[("llm_d_epp_scheduler_e2e_duration_seconds_count", ())] == 3
     # 5e-5 and 1e-5 fall at or under the 50 µs bucket, 2 ms does not.
-    assert s[("epp_decision_latency_seconds_bucket", (("le", "5e-05"), ("strategy", "LOAD_AWARE")))] == 2
-    assert s[("epp_prefix_match_ratio_count", ())] == 1
-    assert s[("epp_prefix_match_ratio_bucket", (("le", "0.7"),))] == 0
-    assert s[("epp_prefix_match_ratio_bucket", (("le", "0.8"),))] == 1
-    assert s[("epp_picks_total", (("endpoint", "a"),))] == 1
+    assert s[("llm_d_epp_scheduler_e2e_duration_seconds_bucket", (("le", "5e-05"),))] == 2
+    assert (
+        s[
+            (
+                "llm_d_epp_prefix_indexer_hit_ratio_count",
+                (("plugin_name", "prefix-cache-scorer"), ("plugin_type", "prefix-cache-scorer")),
+            )
+        ]
+        == 1
+    )
+    assert (
+        s[
+            (
+                "llm_d_epp_prefix_indexer_hit_ratio_bucket",
+                (
+                    ("le", "0.7"),
+                    *(("plugin_name", "prefix-cache-scorer"), ("plugin_type", "prefix-cache-scorer")),
+                ),
+            )
+        ]
+        == 0
+    )
+    assert (
+        s[
+            (
+                "llm_d_epp_prefix_indexer_hit_ratio_bucket",
+                (
+                    ("le", "0.8"),
+                    *(("plugin_name", "prefix-cache-scorer"), ("plugin_type", "prefix-cache-scorer")),
+                ),
+            )
+        ]
+        == 1
+    )
+    picks = [
+        value
+        for (name, labels), value in s.items()
+        if name == "llm_d_epp_scheduler_attempts_total"
+        and {("endpoint_name", "a"), ("status", "success")} <= set(labels)
+    ]
+    assert picks == [1]
 
 
 def test_endpoint_gauges_follow_the_datastore() -> None:
@@ -64,19 +100,21 @@ def test_endpoint_gauges_follow_the_datastore() -> None:
     ds.update_metrics("a", MetricsSnapshot(waiting=3, running=2, kv_cache_usage=0.25, scraped_at=99.5))
     ds.acquire("a")
     s = samples(m)
-    assert s[("epp_endpoint_waiting_requests", (("endpoint", "a"),))] == 3
+    assert (
+        s[("llm_d_epp_per_endpoint_queue_size", (("model_server_endpoint", "a"), ("name", "default")))] == 3
+    )
     assert s[("epp_endpoint_running_requests", (("endpoint", "a"),))] == 2
     assert s[("epp_endpoint_kv_cache_usage", (("endpoint", "a"),))] == 0.25
     assert s[("epp_endpoint_in_flight_requests", (("endpoint", "a"),))] == 1
     assert s[("epp_endpoint_metrics_staleness_seconds", (("endpoint", "a"),))] == 0.5
     assert s[("epp_endpoint_schedulable", (("endpoint", "a"),))] == 1
     assert s[("epp_endpoint_schedulable", (("endpoint", "b"),))] == 0
-    assert s[("epp_schedulable_endpoints", ())] == 1
+    assert s[("llm_d_epp_ready_endpoints", (("name", "default"),))] == 1
     # Time passes past the staleness bound: nothing is schedulable any more.
     clock.now = 102.0
     s = samples(m)
     assert s[("epp_endpoint_metrics_staleness_seconds", (("endpoint", "a"),))] == 2.5
-    assert s[("epp_schedulable_endpoints", ())] == 0
+    assert s[("llm_d_epp_ready_endpoints", (("name", "default"),))] == 0
     # A removed endpoint disappears from every per-endpoint series.
     m.on_scrape("a", False, 0.01, None, "connection refused")
     ds.set_endpoints([Endpoint("b", "127.0.0.1", 2)])

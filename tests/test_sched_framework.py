@@ -392,7 +392,7 @@ def test_epp_metrics_is_a_plugin_timer() -> None:
     families = {f.name: f for f in text_string_to_metric_families(metrics.render().decode())}
     counts = {
         (s.labels["extension_point"], s.labels["plugin_type"], s.labels["plugin_name"]): s.value
-        for s in families["epp_plugin_duration_seconds"].samples
+        for s in families["llm_d_epp_plugin_duration_seconds"].samples
         if s.name.endswith("_count")
     }
     assert counts == {

@@ -79,10 +79,10 @@ def test_round_two_is_routed_by_prefix_to_round_ones_pod(caplog: pytest.LogCaptu
         if s.name == "epp_decisions_total"
     }
     assert decisions == {("PREFIX_CACHE", "ok"): 2.0}
-    ratio_family = families["epp_prefix_match_ratio"]
+    ratio_family = families["llm_d_epp_prefix_indexer_hit_ratio"]
     ratio_samples = {s.name: s.value for s in ratio_family.samples if "le" not in s.labels}
-    assert ratio_samples["epp_prefix_match_ratio_count"] == 2
-    assert ratio_samples["epp_prefix_match_ratio_sum"] == pytest.approx(6 / 11)
+    assert ratio_samples["llm_d_epp_prefix_indexer_hit_ratio_count"] == 2
+    assert ratio_samples["llm_d_epp_prefix_indexer_hit_ratio_sum"] == pytest.approx(6 / 11)
 
 
 def test_round_two_goes_elsewhere_when_round_ones_pod_is_saturated() -> None:

@@ -95,7 +95,7 @@ async def test_http_and_extproc_pick_and_follow_scraped_load(running: Running) -
 
     async def a_is_loaded() -> bool:
         metrics = (await http.get("/metrics")).text
-        return 'epp_endpoint_waiting_requests{endpoint="a"} 20.0' in metrics
+        return 'llm_d_epp_per_endpoint_queue_size{model_server_endpoint="a",name="default"} 20.0' in metrics
 
     await wait_until(a_is_loaded, "the scrape of pod a's queue")
     for i in range(5):

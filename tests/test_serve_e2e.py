@@ -45,7 +45,10 @@ class Setup:
         text = (await self.epp.get("/metrics")).text
         for family in text_string_to_metric_families(text):
             for s in family.samples:
-                if s.name == name and s.labels.get("endpoint") == pod:
+                if s.name == name and pod in (
+                    s.labels.get("endpoint"),
+                    s.labels.get("model_server_endpoint"),
+                ):
                     return s.value
         return None
 
@@ -173,7 +176,7 @@ async def test_saturated_pod_is_avoided_even_with_prefix_affinity(start: Start) 
     async with load_on(setup, home, 14):
 
         async def saturated() -> bool:
-            waiting = await setup.gauge("epp_endpoint_waiting_requests", home)
+            waiting = await setup.gauge("llm_d_epp_per_endpoint_queue_size", home)
             return waiting is not None and waiting >= 5
 
         await wait_until(saturated, f"{home}'s queue to fill")

@@ -214,9 +214,10 @@ async def test_stream_usage_is_counted_and_stripped(tmp_path: Path) -> None:
         assert events and all(orjson.loads(e[6:]).get("usage") is None for e in events)
         assert response.text.rstrip().endswith("data: [DONE]")
         metrics = (await s.client.get("/metrics")).text
-        labels = {"route": "-", "provider": "api.moonshot.cn"}
-        assert metric_value(metrics, "epp_gateway_provider_tokens_total", kind="completion", **labels) > 0
-        assert metric_value(metrics, "epp_gateway_provider_tokens_total", kind="prompt", **labels) > 0
+        labels = {"server_address": "api.moonshot.cn", "gen_ai_provider_name": "api.moonshot.cn"}
+        usage = "gen_ai_client_token_usage_sum"
+        assert metric_value(metrics, usage, gen_ai_token_type="output", **labels) > 0
+        assert metric_value(metrics, usage, gen_ai_token_type="input", **labels) > 0
 
 
 async def test_weighted_route_splits_about_evenly(tmp_path: Path) -> None:

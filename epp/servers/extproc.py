@@ -25,7 +25,9 @@ trigger routing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -38,14 +40,15 @@ from google.protobuf.internal import api_implementation  # type: ignore[import-u
 from epp.cache.front import Begun
 from epp.cache.types import CACHE_HEADER
 from epp.limits import DEFAULT_MAX_BODY_BYTES
+from epp.metrics import EppMetrics
 from epp.pod_auth import PodCredentials
 from epp.request import RequestError
 from epp.requestcontrol.director import Director
-from epp.requestcontrol.lifecycle import RequestLifecycle
 from epp.scheduling.types import SchedulingError
 from epp.servers import extproc_cache as cache_msg
 from epp.servers import extproc_messages as msg
 from epp.servers.extproc_cache import ExtProcCache
+from epp.servers.extproc_stream import ProcessStream
 from epp.servers.extproc_traffic import TrafficProcessor, process_attempt, upstream_provider
 from epp.servers.outcomes import AccessLogReceiver, OutcomeBook
 
@@ -69,51 +72,6 @@ def require_fast_protobuf() -> str:
     return impl
 
 
-class _Stream:
-    """What one ext_proc stream (one HTTP request) has seen so far."""
-
-    __slots__ = (
-        "book",
-        "cache",
-        "cache_selected",
-        "chunks",
-        "headers",
-        "lifecycle",
-        "path",
-        "routed",
-        "size",
-    )
-
-    def __init__(self, book: OutcomeBook) -> None:
-        self.book = book
-        self.headers: dict[str, str] = {}
-        self.path = ""
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.routed = False  # a routing or error answer was sent; later request messages just continue
-        self.lifecycle: RequestLifecycle | None = None  # set once routed to a pod
-        self.cache_selected = False  # the response cache selected this request (extproc_cache)
-        self.cache: Begun | None = None  # what the cache decided for it
-
-    @property
-    def observes_response(self) -> bool:
-        """A cache miss: its answer comes through this stream to be recorded."""
-        return self.cache is not None and self.cache.recorder is not None
-
-    def end(self) -> None:
-        """The HTTP stream is over: with the response headers seen, the answer completed; otherwise its
-        outcome comes from Envoy's access log (OutcomeBook)."""
-        if self.cache is not None and self.cache.recorder is not None:
-            self.cache.recorder.abandon()  # a no-op once the answer was recorded
-        lifecycle, self.lifecycle = self.lifecycle, None
-        if lifecycle is None or not lifecycle.in_attempt:
-            return
-        if lifecycle.responded:
-            lifecycle.complete()
-        else:
-            self.book.stream_ended(lifecycle)
-
-
 class ExtProcServicer:
     """Implements the ExternalProcessor `Process` bidirectional stream over the director."""
 
@@ -130,7 +88,9 @@ class ExtProcServicer:
     ) -> None:
         if fallback_endpoints < 0:
             raise ValueError(f"fallback_endpoints must be >= 0, got {fallback_endpoints}")
-        self.book = book if book is not None else OutcomeBook()
+        requests = director.recorder.requests if isinstance(director.recorder, EppMetrics) else None
+        self._stream_metrics = requests  # the llm-d ext_proc stream families (None: not an EppMetrics)
+        self.book = book if book is not None else OutcomeBook(metrics=requests)
         self._director = director
         self._max_body_bytes = max_body_bytes
         self._fallback_endpoints = fallback_endpoints
@@ -144,12 +104,34 @@ class ExtProcServicer:
         request_iterator: AsyncIterator[pb.ProcessingRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
-        """One HTTP request's messages from Envoy; answers each in order."""
+        """One HTTP request's messages from Envoy; answers each in order (and counts the stream)."""
+        metrics = self._stream_metrics
+        if metrics is None:
+            await self._process(request_iterator, context)
+            return
+        metrics.stream_started()
+        started, code = time.perf_counter(), "OK"
+        try:
+            await self._process(request_iterator, context)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "UNKNOWN"
+            raise
+        finally:
+            metrics.stream_finished(code, time.perf_counter() - started)
+
+    async def _process(
+        self,
+        request_iterator: AsyncIterator[pb.ProcessingRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
         provider = upstream_provider(context)
         if provider is not None:
             await process_attempt(self._traffic, provider, request_iterator, context)
             return
-        stream = _Stream(self.book)
+        stream = ProcessStream(self.book)
         # Cancellation normally reaches the finally below; the done callback also covers a handler task that
         # ends without running it.
         context.add_done_callback(lambda _ctx: stream.end())
@@ -179,7 +161,7 @@ class ExtProcServicer:
         finally:
             stream.end()
 
-    def _handle(self, stream: _Stream, request: pb.ProcessingRequest) -> pb.ProcessingResponse | None:
+    def _handle(self, stream: ProcessStream, request: pb.ProcessingRequest) -> pb.ProcessingResponse | None:
         kind = request.WhichOneof("request")
         if kind == "request_headers":
             return self._on_request_headers(stream, request.request_headers)
@@ -204,7 +186,9 @@ class ExtProcServicer:
             return msg.continue_response_trailers()
         return None
 
-    def _on_request_headers(self, stream: _Stream, http_headers: pb.HttpHeaders) -> pb.ProcessingResponse:
+    def _on_request_headers(
+        self, stream: ProcessStream, http_headers: pb.HttpHeaders
+    ) -> pb.ProcessingResponse:
         headers = stream.headers
         for hv in http_headers.headers.headers:
             headers[hv.key.lower()] = hv.raw_value.decode("utf-8", "replace") if hv.raw_value else hv.value
@@ -216,7 +200,7 @@ class ExtProcServicer:
             return answer
         return msg.continue_request_headers()
 
-    def _on_request_body(self, stream: _Stream, body: pb.HttpBody) -> pb.ProcessingResponse:
+    def _on_request_body(self, stream: ProcessStream, body: pb.HttpBody) -> pb.ProcessingResponse:
         if stream.routed:
             return msg.continue_request_body()
         data = self._collect_body(stream, body)
@@ -224,7 +208,7 @@ class ExtProcServicer:
             return data
         return self._route(stream, data, on_headers=False)
 
-    async def _on_cached_body(self, stream: _Stream, body: pb.HttpBody) -> pb.ProcessingResponse:
+    async def _on_cached_body(self, stream: ProcessStream, body: pb.HttpBody) -> pb.ProcessingResponse:
         """The request body of a request the cache selected: a hit is answered, anything else routed."""
         data = self._collect_body(stream, body)
         if isinstance(data, pb.ProcessingResponse):
@@ -240,7 +224,7 @@ class ExtProcServicer:
             return cache_msg.hit_response(begun)
         return self._route(stream, data if begun.body is None else begun.body, False, begun)
 
-    def _collect_body(self, stream: _Stream, body: pb.HttpBody) -> bytes | pb.ProcessingResponse:
+    def _collect_body(self, stream: ProcessStream, body: pb.HttpBody) -> bytes | pb.ProcessingResponse:
         """The whole body once its last chunk came; until then CONTINUE (or a 413 past the limit)."""
         chunk = body.body
         if chunk:
@@ -260,7 +244,7 @@ class ExtProcServicer:
         stream.chunks.clear()
         return data
 
-    def _on_response_headers(self, stream: _Stream, http_headers: pb.HttpHeaders) -> None:
+    def _on_response_headers(self, stream: ProcessStream, http_headers: pb.HttpHeaders) -> None:
         """The answer Envoy relays: its status, and which pod sent it (a fallback when the pick failed)."""
         lifecycle = stream.lifecycle
         if lifecycle is None:
@@ -280,7 +264,7 @@ class ExtProcServicer:
             stream.end()
 
     def _route(
-        self, stream: _Stream, body: bytes, on_headers: bool, cache: Begun | None = None
+        self, stream: ProcessStream, body: bytes, on_headers: bool, cache: Begun | None = None
     ) -> pb.ProcessingResponse:
         stream.routed = True
         pool_route = False

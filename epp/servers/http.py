@@ -9,6 +9,7 @@ there. /pick does not count the request in flight: epp never sees it finish.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -41,8 +42,10 @@ def create_http_app(
     datastore: Datastore,
     registry: CollectorRegistry,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    health: Callable[[], Mapping[str, object]] | None = None,
 ) -> Starlette:
-    """The HTTP API over the director; `registry` is what GET /metrics exposes."""
+    """The HTTP API over the director; `registry` is what GET /metrics exposes, `health` adds fields to
+    /healthz (pod discovery's state)."""
 
     async def pick(request: Request) -> Response:
         try:
@@ -71,7 +74,7 @@ def create_http_app(
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(_: Request) -> Response:
-        return _json({"status": "ok"})
+        return _json({"status": "ok", **(health() if health is not None else {})})
 
     async def readyz(_: Request) -> Response:
         ready = len(datastore.schedulable())

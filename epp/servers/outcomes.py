@@ -19,16 +19,19 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
+from epp.request_metrics import Labels, RequestFacts, RequestMetrics
 from epp.requestcontrol.lifecycle import RequestLifecycle
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 30.0
+CLIENT_CLOSED = 499  # the status counted for a request whose client left first (Envoy logs 0)
 DEFAULT_IN_FLIGHT_TTL_S = 900.0  # a handed-over request still counts in flight without its entry for this
 
 
@@ -40,8 +43,11 @@ class OutcomeBook:
         ttl_s: float = DEFAULT_TTL_S,
         clock: Callable[[], float] = time.monotonic,
         in_flight_ttl_s: float = DEFAULT_IN_FLIGHT_TTL_S,
+        metrics: RequestMetrics | None = None,
     ) -> None:
         self._ttl_s = ttl_s
+        self._metrics = metrics  # the picker's llm_d_epp_request_* families, fed from the entries
+        self._labels: dict[str, Labels] = {}  # by request id: counted running under these until it is over
         self._in_flight_ttl_s = in_flight_ttl_s
         self._clock = clock
         self._active: dict[str, RequestLifecycle] = {}  # routed, stream still open
@@ -62,6 +68,10 @@ class OutcomeBook:
 
     def routed(self, lifecycle: RequestLifecycle) -> None:
         self._active[lifecycle.request_id] = lifecycle
+        metrics = self._metrics
+        if metrics is not None and lifecycle.request_id not in self._labels:
+            labels = self._labels[lifecycle.request_id] = metrics.labels(lifecycle.request)
+            metrics.started(labels)
 
     def stream_ended(self, lifecycle: RequestLifecycle) -> None:
         """The ext_proc stream closed: no longer in flight; the outcome may still come."""
@@ -87,13 +97,17 @@ class OutcomeBook:
         self._handed[rid] = (now, lifecycle)
         self._expire(now)
 
-    def resolve(self, request_id: str, status: int, upstream: str) -> bool:
+    def resolve(self, request_id: str, status: int, upstream: str, entry: EntryFacts | None = None) -> bool:
         """Apply one access-log entry; False when no routed request has that id."""
         found = self._handed.pop(request_id, None) or self._ended.pop(request_id, None)
         lifecycle = found[1] if found is not None else self._active.pop(request_id, None)
         if lifecycle is None:
             return False
         lifecycle.resolve(status, upstream)
+        labels = self._labels.pop(request_id, None)
+        if labels is not None and self._metrics is not None:
+            self._metrics.ended(labels)
+            self._metrics.finished(labels, _facts(lifecycle, status, entry))
         return True
 
     def _expire(self, now: float) -> None:
@@ -104,6 +118,51 @@ class OutcomeBook:
                     break
                 del book[rid]
                 lifecycle.abandon()  # also ends a handed-over request's in-flight count
+                labels = self._labels.pop(rid, None)
+                if labels is not None and self._metrics is not None:
+                    self._metrics.ended(labels)  # no entry came: how it ended is unknown, not counted
+
+
+@dataclass(frozen=True, slots=True)
+class EntryFacts:
+    """What an access-log entry says beyond status and pod (None: the entry has no such field)."""
+
+    duration_s: float | None = None  # start to the last byte sent downstream
+    ttft_s: float | None = None  # start to the first byte from the pod
+    request_bytes: int | None = None
+    response_bytes: int | None = None
+
+
+def _facts(lifecycle: RequestLifecycle, status: int, entry: EntryFacts | None) -> RequestFacts:
+    entry = entry if entry is not None else EntryFacts()
+    duration = entry.duration_s if entry.duration_s is not None else time.perf_counter() - lifecycle.arrived
+    return RequestFacts(
+        status if status else CLIENT_CLOSED,
+        max(0.0, duration),
+        streaming=lifecycle.request.body.get("stream") is True,
+        ttft_s=entry.ttft_s,
+        request_bytes=entry.request_bytes,
+        response_bytes=entry.response_bytes,
+    )
+
+
+def entry_facts(entry: Any) -> EntryFacts:
+    """The timings and sizes of one `HTTPAccessLogEntry`."""
+    common, request, response = entry.common_properties, entry.request, entry.response
+
+    def seconds(field: str) -> float | None:
+        return _seconds(getattr(common, field)) if common.HasField(field) else None
+
+    return EntryFacts(
+        duration_s=seconds("time_to_last_downstream_tx_byte"),
+        ttft_s=seconds("time_to_first_upstream_rx_byte"),
+        request_bytes=int(request.request_body_bytes),
+        response_bytes=int(response.response_body_bytes),
+    )
+
+
+def _seconds(duration: Any) -> float:
+    return float(duration.seconds) + float(duration.nanos) / 1e9
 
 
 class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
@@ -126,7 +185,8 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
                     try:
                         address = entry.common_properties.upstream_remote_address.socket_address
                         upstream = f"{address.address}:{address.port_value}" if address.address else ""
-                        resolve(entry.request.request_id, entry.response.response_code.value, upstream)
+                        code = entry.response.response_code.value
+                        resolve(entry.request.request_id, code, upstream, entry_facts(entry))
                     except Exception:  # one bad entry must not end the stream (and lose the next ones)
                         logger.exception("access-log entry could not be applied")
         finally:
