@@ -2,7 +2,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck unit demo demo-cache observe clean
+.PHONY: setup test test-vllm lint typecheck unit demo demo-cache observe clean
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	scripts/bootstrap.sh
@@ -25,6 +25,11 @@ test: lint typecheck unit
 
 demo: $(STAMP)
 	$(BIN)/epp demo
+
+# Real vLLM (CPU build) behind epp: its own venv + tiny model under build/vllm (3.4 GB, built once, reused).
+test-vllm: $(STAMP)
+	scripts/vllm_testbed.sh
+	$(BIN)/pytest tests/vllm -m vllm
 
 # The demo's traffic with Prometheus attached: prints its URL and the dashboards to import (docs/operations.md).
 observe: $(STAMP)

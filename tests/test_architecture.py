@@ -60,6 +60,8 @@ LAYER_OF: dict[str, str] = {
     "epp.discovery": SERVICES,  # pod discovery: Kubernetes list/watch, discovery file
     "epp.cache": SERVICES,  # the LLM response cache (exact + semantic tiers, cache-service client)
     "epp.traffic": VOCABULARY,
+    "epp.kv_events": VOCABULARY,  # vLLM's KV-event wire format and a pod's cached-block set
+    "epp.kv_events.subscriber": SERVICES,  # the ZMQ subscriber (opens sockets)
     "epp.servers": SERVERS,
     "gateway": GATEWAY,
     "epp.lifecycle": RUNTIME,

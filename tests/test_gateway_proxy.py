@@ -123,7 +123,7 @@ async def test_client_disconnect_frees_in_flight_and_aborts_upstream() -> None:
 
         async def aborted() -> bool:
             pod = (await client.get(f"{fleet.urls[0]}/sim/state")).json()
-            return not pod["running"] and pod["counters"]["finished"].get("abort") == 1
+            return not pod["running"] and pod["counters"]["aborted"] == 1
 
         await wait_until(aborted, "the pod to abort the request")
         text = (await client.get("/metrics")).text

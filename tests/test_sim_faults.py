@@ -105,4 +105,4 @@ async def test_client_disconnect_aborts_request(fleet, client):
         if not state["running"]:
             break
         await asyncio.sleep(0.02)
-    assert state["running"] == [] and state["counters"]["finished"] == {"abort": 1}
+    assert state["running"] == [] and state["counters"]["finished"] == {}  # vLLM does not count client aborts

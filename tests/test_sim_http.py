@@ -147,7 +147,8 @@ async def test_multi_turn_chat_reuses_previous_rounds(fleet, client):
         ("/v1/completions", b'{"max_tokens": 5}'),
         ("/v1/completions", b'{"prompt": 42}'),
         ("/v1/completions", b'{"prompt": "x", "max_tokens": -1}'),
-        ("/v1/completions", b'{"prompt": "x", "max_tokens": 5000}'),
+        ("/v1/completions", b'{"prompt": ""}'),  # the tiny profile adds no BOS: an empty decoder prompt
+        ("/v1/completions", b'{"prompt": [4294967296]}'),
         ("/v1/completions", b""),
     ],
 )
@@ -166,7 +167,7 @@ async def test_unknown_model_and_route_get_404(fleet, client):
     assert r.status_code == 404
     assert r.json() == {
         "error": {
-            "message": "The model `x` does not exist.",
+            "message": "The model `x` does not exist. Valid aliases: sim/tiny.",
             "type": "NotFoundError",
             "param": "model",
             "code": 404,

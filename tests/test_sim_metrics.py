@@ -61,9 +61,7 @@ async def test_metric_names_types_and_label_keys_match_real_vllm(fixture_familie
     # The fixture's server had max_model_len 512, so its 1-2-5 prompt buckets stop earlier.
     fixture_bounds = fixture_families["vllm:request_prompt_tokens"][2]
     assert sim["vllm:request_prompt_tokens"][2][: len(fixture_bounds) - 1] == fixture_bounds[:-1]
-    assert sim["vllm:lora_requests_info"][1] == {
-        frozenset({"max_lora", "running_lora_adapters", "waiting_lora_adapters"})
-    }
+    assert "vllm:lora_requests_info" not in sim  # LoRA is off, as in the fixture's server
 
 
 async def test_counters_count_tokens_like_vllm():
@@ -100,10 +98,11 @@ async def test_lora_adapters_run_show_in_info_and_respect_max_loras():
         while not all(j.done() for j in jobs):
             r = await client.get(f"{url}/metrics")
             for family in text_string_to_metric_families(r.text):
-                if family.name == "vllm:lora_requests_info":
-                    labels = family.samples[0].labels
+                if family.name == "vllm:lora_requests_info" and family.samples:
+                    latest = max(family.samples, key=lambda sample: sample.value)  # the current series
+                    labels = latest.labels
                     assert labels["max_lora"] == "1"
-                    assert family.samples[0].value > 1e9  # a timestamp, as vLLM reports it
+                    assert latest.value > 1e9  # a timestamp, as vLLM reports it
                     seen.add((labels["running_lora_adapters"], labels["waiting_lora_adapters"]))
             await asyncio.sleep(0.005)
         responses = [j.result() for j in jobs]

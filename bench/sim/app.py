@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import uuid
 from typing import Any
 
 import orjson
@@ -33,6 +34,37 @@ from bench.sim.protocol import ApiError, parse_chat, parse_completion
 INFERENCE_PATHS = {"/v1/completions": parse_completion, "/v1/chat/completions": parse_chat}
 GUARDED_PREFIX = "/v1"  # what vLLM's --api-key protects (its /metrics and /health stay open)
 UNAUTHORIZED_BODY = orjson.dumps({"error": "Unauthorized"})  # vLLM's AuthenticationMiddleware answer
+# Unknown routes and wrong methods are answered by FastAPI itself in vLLM, in Starlette's shape.
+NOT_FOUND_BODY = orjson.dumps({"detail": "Not Found"})
+METHOD_NOT_ALLOWED_BODY = orjson.dumps({"detail": "Method Not Allowed"})
+
+
+class MethodNotAllowed(Exception):
+    """A known route asked with the wrong method (FastAPI's 405)."""
+
+
+async def _send_empty(send: Send) -> None:
+    """vLLM's /health: `Response(status_code=200)`, an empty body with no content type."""
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _permission(created: int) -> dict[str, Any]:
+    """vLLM's ModelPermission with its defaults."""
+    return {
+        "id": f"modelperm-{uuid.uuid4().hex}",
+        "object": "model_permission",
+        "created": created,
+        "allow_create_engine": False,
+        "allow_sampling": True,
+        "allow_logprobs": True,
+        "allow_search_indices": False,
+        "allow_view": True,
+        "allow_fine_tuning": False,
+        "organization": "*",
+        "group": None,
+        "is_blocking": False,
+    }
 
 
 async def _hang_until_cleared(pod: SimPod, receive: Receive) -> bool:
@@ -75,6 +107,7 @@ def state_view(pod: SimPod) -> dict[str, Any]:
             "preemptions": s.preemptions,
             "steps": s.steps,
             "finished": dict(s.finished),
+            "aborted": s.aborted,
         },
     }
 
@@ -113,6 +146,8 @@ class PodApp:
             return
         try:
             await self._route(scope, receive, send)
+        except MethodNotAllowed:
+            await send_response(send, 405, METHOD_NOT_ALLOWED_BODY)
         except ApiError as err:
             await send_response(send, err.status, err.body())
         except BodyTooLarge:
@@ -133,7 +168,7 @@ class PodApp:
             await serve_generation(pod, parser(body), receive, send)
         elif path == "/health":
             _require(method, "GET")
-            await send_response(send, 200, b"")
+            await _send_empty(send)
         elif path == "/metrics":
             _require(method, "GET")
             if pod.fault.mode == "metrics_down":
@@ -143,10 +178,20 @@ class PodApp:
         elif path == "/v1/models":
             _require(method, "GET")
             await send_response(send, 200, orjson.dumps(self._models()))
+        elif path == "/kv_event_sources":
+            _require(method, "GET")
+            host = scope["server"][0] if scope.get("server") else "127.0.0.1"
+            sources = [] if pod.kv_events is None else pod.kv_events.sources(host)
+            await send_response(send, 200, orjson.dumps(sources))
+        elif path == "/reset_prefix_cache":
+            _require(method, "POST")
+            await read_body(receive)
+            pod.engine.reset_prefix_cache()  # vLLM answers 200 even when blocks in use keep it from resetting
+            await _send_empty(send)
         elif path.startswith("/sim/"):
             await self._admin(path, method, receive, send)
         else:
-            raise ApiError(404, f"Route {path} not found.")
+            await send_response(send, 404, NOT_FOUND_BODY)
 
     async def _inference_fault(self, receive: Receive, send: Send) -> bool:
         """Apply the pod's fault to an inference request; True when it should be served."""
@@ -179,7 +224,8 @@ class PodApp:
             await read_body(receive)
             pod.restart()
         else:
-            raise ApiError(404, f"Route {path} not found.")
+            await send_response(send, 404, NOT_FOUND_BODY)
+            return
         await send_response(send, 200, orjson.dumps(state_view(pod)))
 
     def _models(self) -> dict[str, Any]:
@@ -193,6 +239,7 @@ class PodApp:
             "root": pod.model_name,
             "parent": None,
             "max_model_len": pod.profile.max_model_len,
+            "permission": [_permission(created)],
         }
         adapters = [
             {
@@ -203,6 +250,7 @@ class PodApp:
                 "root": f"/adapters/{name}",
                 "parent": pod.model_name,
                 "max_model_len": None,
+                "permission": [_permission(created)],
             }
             for name in pod.lora_modules
         ]
@@ -211,4 +259,4 @@ class PodApp:
 
 def _require(method: str, expected: str) -> None:
     if method != expected:
-        raise ApiError(405, f"Method {method} not allowed; use {expected}.")
+        raise MethodNotAllowed(method)

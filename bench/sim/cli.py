@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from bench.sim.fleet import SimFleet
+from bench.sim.kv_events import KVEventsConfig
 from bench.sim.profiles import PROFILES
 from epp import event_loop
 
@@ -24,6 +25,22 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-loras", type=int, default=1, help="distinct LoRA adapters per batch")
     p.add_argument("--lora-modules", nargs="*", default=[], help="LoRA adapter names served")
+    p.add_argument(
+        "--block-size", type=int, default=None, help="KV block size in tokens (default: profile's)"
+    )
+    p.add_argument("--max-model-len", type=int, default=None, help="context length (default: profile's)")
+    p.add_argument("--enable-lora", action="store_true", help="LoRA on (implied by --lora-modules)")
+    p.add_argument(
+        "--enable-prompt-tokens-details",
+        action="store_true",
+        help="usage.prompt_tokens_details.cached_tokens",
+    )
+    p.add_argument(
+        "--kv-events-config",
+        default=None,
+        help='vLLM\'s KV-events JSON, e.g. {"enable_kv_cache_events": true, "publisher": "zmq", '
+        '"endpoint": "tcp://*:5557", "replay_endpoint": "tcp://*:5657", "topic": "kv"}; pod i: ports + i',
+    )
     p.add_argument("--served-model-name", default=None, help="model name (default: the profile's model)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--log-level", default="warning")
@@ -52,6 +69,11 @@ async def _serve(args: argparse.Namespace) -> None:
         base_port=args.base_port,
         log_level=args.log_level,
         api_key=args.api_key if args.api_key is not None else os.environ.get("VLLM_API_KEY"),
+        block_size=args.block_size,
+        max_model_len=args.max_model_len,
+        enable_lora=args.enable_lora,
+        enable_prompt_tokens_details=args.enable_prompt_tokens_details,
+        kv_events=KVEventsConfig.from_json(args.kv_events_config) if args.kv_events_config else None,
     )
     async with fleet:
         for i, url in enumerate(fleet.urls):

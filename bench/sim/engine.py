@@ -9,9 +9,12 @@ the batch, allocates KV, returns the step with its duration) then `complete(step
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bench.sim.kv_cache import BlockPool, block_hashes
+import xxhash
+
+from bench.sim.kv_cache import BlockPool, CacheEvent, block_hashes, extend_block_hashes
 from bench.sim.profiles import SimProfile
 
 
@@ -25,6 +28,10 @@ class SimRequest:
     arrival: float
     lora: str | None = None
     stop_after: int | None = None  # the "model" emits EOS after this many tokens (finish_reason "stop")
+    # Token id of the i-th generated token (the pod passes its tokenizer's id of the text it streams), so
+    # decode blocks hash like the next round's prompt. None: a deterministic id per request and index.
+    output_token: Callable[[int], int] | None = None
+    output_ids: list[int] = field(default_factory=list)
     hashes: list[int] = field(default_factory=list)
     num_computed: int = 0
     num_output: int = 0
@@ -86,15 +93,27 @@ class EngineStats:
     preemptions: int = 0
     steps: int = 0
     finished: dict[str, int] = field(default_factory=dict)
+    aborted: int = 0  # client aborts: only in /sim/state (vLLM's request_success_total leaves them out)
 
 
 class EngineCore:
     """Scheduler + KV cache of one simulated vLLM instance."""
 
-    def __init__(self, profile: SimProfile, max_loras: int = 1) -> None:
+    def __init__(
+        self,
+        profile: SimProfile,
+        max_loras: int = 1,
+        record_kv_events: bool = False,
+        kv_event_sink: Callable[[list[CacheEvent]], object] | None = None,
+    ) -> None:
         self.profile = profile
         self.max_loras = max_loras
-        self.pool = BlockPool(profile.num_gpu_blocks)
+        # KV events (vLLM's --kv-events-config): a sink gets each step's events; without one they wait in
+        # the pool for drain_events().
+        self.kv_event_sink = kv_event_sink
+        self.pool = BlockPool(
+            profile.num_gpu_blocks, profile.block_size, record_kv_events or bool(kv_event_sink)
+        )
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
         self.stats = EngineStats()
@@ -108,12 +127,16 @@ class EngineCore:
         self.waiting.append(req)
 
     def abort(self, req: SimRequest) -> None:
-        """Drop a request (client went away), freeing its KV."""
+        """Drop a request (client went away), freeing its KV.
+
+        Not counted in `finished` (vllm:request_success_total): vLLM 0.32 counts only requests the engine
+        finishes itself, and a client abort never reaches that count.
+        """
         if req.finish_reason is not None:
             return
         req.aborted = True
         req.finish_reason = "abort"
-        self.stats.finished["abort"] = self.stats.finished.get("abort", 0) + 1
+        self.stats.aborted += 1
         if req in self.running:
             self.running.remove(req)
             self.pool.release(req.blocks)
@@ -255,13 +278,20 @@ class EngineCore:
             if req.aborted or req.finish_reason is not None or not req.blocks:
                 continue  # aborted or preempted while the step ran
             req.num_computed += num_new
-            full = min(req.num_computed // size, len(req.hashes))
+            full = req.num_computed // size
+            if full > len(req.hashes):  # decode blocks: vLLM caches generated tokens once a block is full
+                extend_block_hashes(req.hashes, self._tokens(req, full * size), size, req.lora or "")
             for i in range(req.num_registered, full):
-                self.pool.cache_block(req.blocks[i], req.hashes[i])
+                parent = req.hashes[i - 1] if i else None
+                tokens = tuple(self._tokens(req, (i + 1) * size)[i * size :]) if self.pool.records else ()
+                self.pool.cache_block(req.blocks[i], req.hashes[i], parent, tokens, req.lora)
             req.num_registered = max(req.num_registered, full)
             if req.num_computed < req.target:
                 continue  # a chunk of a longer prefill
             first = req.num_output == 0
+            req.output_ids.append(
+                req.output_token(req.num_output) if req.output_token else _default_token(req, req.num_output)
+            )
             req.num_output += 1
             self.stats.generation_tokens += 1
             if first:
@@ -274,7 +304,25 @@ class EngineCore:
             if reason is not None:
                 self._finish(req, reason, step.end)
             outputs.append(TokenOutput(req, first, reason is not None))
+        self._flush_kv_events()
         return outputs
+
+    def reset_prefix_cache(self) -> bool:
+        """vLLM's POST /reset_prefix_cache: False (nothing done) while requests hold blocks."""
+        done = self.pool.reset_prefix_cache()
+        self._flush_kv_events()
+        return done
+
+    def _flush_kv_events(self) -> None:
+        if self.kv_event_sink is not None and (events := self.pool.drain_events()):
+            self.kv_event_sink(events)
+
+    @staticmethod
+    def _tokens(req: SimRequest, count: int) -> list[int]:
+        """The first `count` tokens of prompt + output."""
+        if count <= req.num_prompt:
+            return req.prompt_ids[:count]
+        return req.prompt_ids + req.output_ids[: count - req.num_prompt]
 
     def _finish_reason(self, req: SimRequest) -> str | None:
         if req.stop_after is not None and req.num_output >= req.stop_after:
@@ -295,3 +343,12 @@ class EngineCore:
         """Schedule and complete one step at once (tests and offline use)."""
         step = self.schedule(now)
         return step, (self.complete(step) if step is not None else [])
+
+
+def _default_token(req: SimRequest, index: int) -> int:
+    return xxhash.xxh64_intdigest(index.to_bytes(8, "little"), seed=hash_seed(req.request_id)) % 151_936
+
+
+def hash_seed(text: str) -> int:
+    """A stable 64-bit seed from a string (Python's hash() is salted per process)."""
+    return xxhash.xxh64_intdigest(text.encode("utf-8"))

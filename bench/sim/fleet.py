@@ -12,9 +12,10 @@ from types import TracebackType
 import uvicorn
 
 from bench.sim.app import PodApp
+from bench.sim.kv_events import KVEventPublisher, KVEventsConfig
 from bench.sim.pod import SimPod
-from bench.sim.profiles import get_profile
-from bench.sim.tokenizer import Tokenizer
+from bench.sim.profiles import get_profile, with_overrides
+from bench.sim.tokenizer import VOCAB_SIZE, Tokenizer
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class SimFleet:
     Pod i gets seed `seed + i` and port `base_port + i` (any free port when base_port is 0). `fleet.pods[i]`
     is the pod's handle: `.fault.set("error")`, `.restart()`, `.engine` for inspection. With `api_key` every
     pod requires it on /v1 like vLLM's `--api-key` (`fleet.apps[i].unauthorized` counts requests refused).
+    `block_size` / `max_model_len` override the profile like vLLM's flags; LoRA is enabled (as by vLLM's
+    `--enable-lora`) when `enable_lora` is set or adapters are served.
     """
 
     def __init__(
@@ -74,13 +77,18 @@ class SimFleet:
         base_port: int = 0,
         log_level: str = "warning",
         api_key: str | None = None,
+        block_size: int | None = None,
+        max_model_len: int | None = None,
+        enable_lora: bool = False,
+        enable_prompt_tokens_details: bool = False,
+        kv_events: KVEventsConfig | None = None,
     ) -> None:
         if pods < 1:
             raise ValueError(f"a fleet needs at least one pod, got {pods}")
         if max_loras < 1:
             raise ValueError(f"max_loras must be at least 1, got {max_loras}")
-        sim_profile = get_profile(profile)
-        tokenizer = Tokenizer()
+        sim_profile = with_overrides(get_profile(profile), block_size=block_size, max_model_len=max_model_len)
+        tokenizer = Tokenizer(sim_profile.vocab_size or VOCAB_SIZE)
         self.host = host
         self.pods = [
             SimPod(
@@ -91,6 +99,15 @@ class SimFleet:
                 time_scale=time_scale,
                 seed=seed + i,
                 tokenizer=tokenizer,
+                enable_lora=enable_lora or bool(lora_modules),
+                enable_prompt_tokens_details=enable_prompt_tokens_details,
+                kv_events=None
+                if kv_events is None
+                else KVEventPublisher(
+                    kv_events.for_pod(i),
+                    sim_profile.block_size,
+                    {name: n + 1 for n, name in enumerate(lora_modules)},  # vLLM's lora_int_id
+                ),
             )
             for i in range(pods)
         ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 
@@ -27,6 +27,8 @@ class SimProfile:
     mem_bandwidth_bytes_per_s: float  # attention reads every decoding sequence's KV once per step
     lora_load_s: float  # activating an adapter that is not loaded on the GPU
     chat_answer_tokens: tuple[int, int]  # natural answer length range when a chat request gives no max_tokens
+    bos_token_id: int | None = None  # prepended to text prompts, as a Llama tokenizer does (Qwen adds none)
+    vocab_size: int | None = None  # token ids at or above it are refused; None: the simulated tokenizer's
 
     @property
     def kv_cache_tokens(self) -> int:
@@ -113,9 +115,45 @@ PROFILES: Mapping[str, SimProfile] = MappingProxyType(
                 lora_load_s=0.010,
                 chat_answer_tokens=(8, 24),
             ),
+            SimProfile(
+                name="cpu-tiny",
+                model="tiny-llama",
+                gpu="none (vLLM 0.32 CPU build, tiny random Llama, float32)",
+                block_size=128,  # the CPU build's default (GPU builds use 16)
+                num_gpu_blocks=4_096,  # VLLM_CPU_KVCACHE_SPACE=1 GiB / 2,048 B per token / 128
+                max_num_seqs=256,
+                max_num_batched_tokens=4_096,
+                max_model_len=512,
+                gpu_memory_utilization=0.92,
+                kv_bytes_per_token=2_048,
+                step_base_s=0.0016,  # measured: 1.76 ms mean inter-token latency at batch 1
+                decode_per_seq_s=0.0001,
+                prefill_tokens_per_s=10_000.0,  # measured: ~12 ms TTFT for ~100-token prompts
+                mem_bandwidth_bytes_per_s=20e9,
+                lora_load_s=0.010,
+                chat_answer_tokens=(8, 24),
+                # scripts/vllm_tiny_model.py: a 1,024-token BPE vocabulary and no BOS post-processor.
+                vocab_size=1_024,
+            ),
         )
     }
 )
+
+
+def with_overrides(
+    profile: SimProfile, *, block_size: int | None = None, max_model_len: int | None = None
+) -> SimProfile:
+    """`profile` with vLLM's --block-size / --max-model-len applied; the KV cache keeps its size in tokens."""
+    if block_size is not None:
+        if block_size < 1:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        blocks = max(1, profile.kv_cache_tokens // block_size)
+        profile = replace(profile, block_size=block_size, num_gpu_blocks=blocks)
+    if max_model_len is not None:
+        if max_model_len < 2:
+            raise ValueError(f"max_model_len must be at least 2, got {max_model_len}")
+        profile = replace(profile, max_model_len=max_model_len)
+    return profile
 
 
 def get_profile(name: str) -> SimProfile:

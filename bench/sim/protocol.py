@@ -93,7 +93,7 @@ def parse_completion(raw: bytes) -> GenerationParams:
         prompt = prompt[0]
     if isinstance(prompt, str):
         text = prompt
-    elif isinstance(prompt, list) and prompt and all(type(t) is int and t >= 0 for t in prompt):
+    elif isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
         ids = prompt
     else:
         raise ApiError(400, "prompt must be a non-empty string or a list of token ids.", "prompt")

@@ -26,6 +26,11 @@ class Tokenizer:
         self._vocab_size = vocab_size
         self._ids: dict[str, int] = {}
 
+    @property
+    def vocab_size(self) -> int:
+        """Ids are in [0, vocab_size)."""
+        return self._vocab_size
+
     def _piece_id(self, piece: str) -> int:
         token_id = self._ids.get(piece)
         if token_id is None:
