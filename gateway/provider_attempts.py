@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from epp.config.traffic.config import TrafficConfig
 from epp.health.outlier import AttemptResult, OutlierDetector
+from epp.request_metrics import task_usage
 from epp.requestcontrol.lifecycle import FIRST_BYTE_TIMEOUT
 from epp.scheduling.types import CLIENT_GONE
 from epp.traffic.routing import Choice, Target
@@ -161,11 +162,11 @@ class ProviderAttempts:
         self._open = False
         name = self._upstream.name
         self._record(name, AttemptResult.from_status(self.status or 200))
-        tokens = self._metrics.token_count
+        counts = task_usage()  # the provider's usage, kept for the record step (gen_ai_* metrics)
         if prompt_tokens:
-            tokens(self.route, name, "prompt").inc(prompt_tokens)
+            counts.prompt = prompt_tokens
         if completion_tokens:
-            tokens(self.route, name, "completion").inc(completion_tokens)
+            counts.completion = completion_tokens
 
     def fail(self, error: str, status: int | None = None) -> None:
         if not self._open:

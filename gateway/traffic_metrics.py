@@ -9,7 +9,6 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from epp.labelled_metrics import LabelledChildren
-from epp.request_metrics import task_usage
 
 NO_ROUTE = "-"  # the `route` label of a request sent to a provider's own host
 
@@ -52,26 +51,9 @@ class TrafficMetrics:
         self.request_count = LabelledChildren(self.requests)
         self.error_count = LabelledChildren(self.errors)
         self.fallback_count = LabelledChildren(self.fallbacks)
-        # Tokens and latency are the gen_ai_* families (recorded per request by gateway.record): the
-        # provider's usage is kept for the record step.
-        self.token_count = _TaskTokens
 
     def on_ejection(self, provider: str, ejected: bool, reason: str, service: str) -> None:
         """An OutlierDetector listener, with the service bound (gateway.provider_attempts)."""
         if ejected:
             self.ejections.labels(provider, service, reason).inc()
         self.ejected.labels(provider, service).set(1 if ejected else 0)
-
-
-class _TaskTokens:
-    """`token_count(route, provider, kind).inc(n)`: the provider's usage, kept for the record step."""
-
-    def __init__(self, route: str, provider: str, kind: str) -> None:
-        self._kind = kind
-
-    def inc(self, amount: float = 1) -> None:
-        counts = task_usage()
-        if self._kind == "prompt":
-            counts.prompt = int(amount)
-        else:
-            counts.completion = int(amount)

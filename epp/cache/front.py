@@ -25,7 +25,7 @@ import orjson
 from epp.cache import replay
 from epp.cache.answers import StreamAssembler, storable_reason
 from epp.cache.metrics import CacheMetrics
-from epp.cache.policy import Bypass, CachePolicy, decide, strip_cache_field
+from epp.cache.policy import Bypass, CachePolicy, decide, without_cache_field
 from epp.cache.policy import include_usage as policy_include_usage
 from epp.cache.singleflight import SingleFlight
 from epp.cache.types import (
@@ -113,7 +113,7 @@ class CacheFront:
             return self._bypass("not-json")  # the parser after the stage answers the 400
         if not isinstance(parsed, dict):
             return self._bypass("not-json")
-        stripped = strip_cache_field(body) if "cache" in parsed else None
+        stripped = without_cache_field(parsed)  # from the parse above: the body is not parsed twice
         decision = decide(path, headers, parsed, self._policy)
         if isinstance(decision, Bypass):
             begun = self._bypass(decision.reason)

@@ -180,10 +180,14 @@ def strip_cache_field(body: bytes) -> bytes | None:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(data, dict) or "cache" not in data:
+    return without_cache_field(data) if isinstance(data, dict) else None
+
+
+def without_cache_field(body: Mapping[str, Any]) -> bytes | None:
+    """The already parsed `body` re-serialised without its `cache` object, or None when it has none."""
+    if "cache" not in body:
         return None
-    del data["cache"]
-    return orjson.dumps(data)
+    return orjson.dumps({k: v for k, v in body.items() if k != "cache"})
 
 
 def _single_choice(body: Mapping[str, Any]) -> bool:
