@@ -1,4 +1,4 @@
-"""`epp bench multi-round-qa` (production-stack compatible load), `epp bench compare` and `epp demo`."""
+"""`epp bench multi-round-qa` (production-stack compatible load), `compare`, `matrix` and `epp demo`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from bench.compare.cli import COMPARE_DESCRIPTION, add_compare_arguments, run_compare
+from bench.compare.matrix_cli import MATRIX_DESCRIPTION, add_matrix_arguments, run_matrix_cli
 from bench.demo import add_demo_arguments, run_demo
 from bench.multi_round_qa import BenchConfig, format_summary, run_benchmark
 from bench.multi_round_qa.args import add_workload_arguments, workload_fields
@@ -38,6 +39,14 @@ def register(subparsers: Any) -> None:
     )
     add_compare_arguments(compare)
     compare.set_defaults(func=run_compare)
+
+    matrix = bench_sub.add_parser(
+        "matrix",
+        help="Every named workload x routing strategy, several seeds each (docs/workloads.md)",
+        description=MATRIX_DESCRIPTION,
+    )
+    add_matrix_arguments(matrix)
+    matrix.set_defaults(func=run_matrix_cli)
 
     demo = subparsers.add_parser(
         "demo", help="Compare routing strategies on a simulated fleet for about 2 minutes"

@@ -122,7 +122,12 @@ class EppApp:
     async def start(self) -> None:
         """Start scraping and both servers; sets `grpc_port` and `http_port` to the bound ports."""
         opts = self.options
-        self.core.start_scraping(opts.scrape_interval_s, opts.scrape_timeout_s, self._scrape_client)
+        self.core.start_scraping(
+            opts.scrape_interval_s,
+            opts.scrape_timeout_s,
+            self._scrape_client,
+            idle_interval_s=opts.scrape_idle_interval_s,
+        )
         if self.cache is not None:
             await start_front(self.cache)
         self.grpc_port = await self.extproc.start()

@@ -19,10 +19,13 @@ import httpx
 
 from epp.config import ConfigError, EppConfig, load_config, parse_endpoints
 from epp.config.errors import ConfigIssue, DocumentRef
+from epp.config.kv_events import effective_kv_events
 from epp.datastore import Datastore, Endpoint, EndpointEvent
 from epp.discovery.build import Discovery, build_discovery
 from epp.discovery.options import DiscoveryOptions
 from epp.health.outlier import OutlierDetector
+from epp.kv_events.follower import KVEventFollower
+from epp.kv_events.precise_index import PreciseIndex
 from epp.metrics import DEFAULT_POOL, EppMetrics
 from epp.model_catalog import ModelCatalog
 from epp.pod_auth import PodCredentials
@@ -31,7 +34,12 @@ from epp.scheduling.builder import build_scheduler
 from epp.scheduling.plugins import PluginConfigError
 from epp.servers.http import DEFAULT_MAX_BODY_BYTES
 from metrics_scraper.fetch import AiohttpFetcher
-from metrics_scraper.scraper import Scraper
+from metrics_scraper.scraper import (
+    DEFAULT_IDLE_INTERVAL_S,
+    DEFAULT_INTERVAL_S,
+    Scraper,
+    min_staleness_s,
+)
 from scorers.builtin import default_registry
 
 
@@ -43,7 +51,8 @@ class PickerOptions:
     endpoints: str | None = None  # "host:port,..." added to the config's static endpoints
     strategy: str | None = None  # overrides the pool annotation / EndpointPickerConfig
     host: str = "127.0.0.1"
-    scrape_interval_s: float = 0.05
+    scrape_interval_s: float = DEFAULT_INTERVAL_S  # a busy pod's (metrics_scraper.scraper)
+    scrape_idle_interval_s: float = DEFAULT_IDLE_INTERVAL_S  # an idle pod's
     scrape_timeout_s: float = 0.5
     staleness_s: float = 1.0
     seed: int | None = None
@@ -111,9 +120,18 @@ class PickerCore:
         )
         self.metrics.requests.reserve_models(configured_models(config))
         self.rng = random.Random(seed)
+        picker = config.picker_config
+        # One index of the pods' KV events per pool, when they are followed (kvEvents or a precise scorer).
+        kv_spec = effective_kv_events(picker.kv_events, [p.type for p in picker.plugins])
+        self.kv_index: PreciseIndex | None = None if kv_spec is None else PreciseIndex()
         try:
             self.scheduler = build_scheduler(
-                config.picker_config, self.datastore, default_registry(), self.rng, timer=self.metrics
+                picker,
+                self.datastore,
+                default_registry(),
+                self.rng,
+                timer=self.metrics,
+                kv_index=self.kv_index,
             )
         except PluginConfigError as exc:
             where = ", ".join(str(s) for s in config.sources) or "--strategy"
@@ -122,6 +140,15 @@ class PickerCore:
             ) from None
         # Trust the environment for nothing: pods are reached directly, never through an HTTP(S)_PROXY.
         self.models_client = httpx.AsyncClient(trust_env=False, timeout=2.0)
+        self.kv_follower: KVEventFollower | None = None
+        if kv_spec is not None and self.kv_index is not None:
+            self.kv_follower = KVEventFollower(
+                self.datastore,
+                self.kv_index,
+                kv_spec,
+                client=self.models_client,
+                registry=self.metrics.registry,
+            )
         self.catalog = ModelCatalog(
             self.datastore, self.models_client, config.models, credentials=pod_credentials
         )
@@ -145,8 +172,14 @@ class PickerCore:
             self.use_discovery(discovery, env or {})
 
     def health(self) -> dict[str, object]:
-        """What /healthz adds: pod discovery's state (up, since when, why not), when discovery is on."""
-        return {} if self.discovery is None else {"discovery": self.discovery.status.as_dict()}
+        """What /healthz adds: pod discovery's state (up, since when, why not), when discovery is on, and
+        each pod's KV-event stream (synced / unknown / not subscribed) when KV events are followed."""
+        out: dict[str, object] = {}
+        if self.discovery is not None:
+            out["discovery"] = self.discovery.status.as_dict()
+        if self.kv_follower is not None:
+            out["kvEvents"] = self.kv_follower.statuses()
+        return out
 
     def use_discovery(self, options: DiscoveryOptions, env: Mapping[str, str]) -> None:
         """Follow a discovery source from `start_scraping` on; ConfigError when it cannot be set up."""
@@ -177,18 +210,43 @@ class PickerCore:
         self.metrics.on_ejection(host, ejected, reason)
 
     def start_scraping(
-        self, interval_s: float, timeout_s: float, client: httpx.AsyncClient | None = None
+        self,
+        interval_s: float,
+        timeout_s: float,
+        client: httpx.AsyncClient | None = None,
+        idle_interval_s: float | None = None,
     ) -> None:
-        """Start discovery (if any), then scrape every endpoint's /metrics and their /v1/models; `client`
-        (the caller's) defaults to ours."""
+        """Start discovery (if any), then scrape every endpoint's /metrics (busy pods every `interval_s`, idle
+        ones every `idle_interval_s`, None: also `interval_s`) and their /v1/models; `client` (the caller's)
+        defaults to ours. The staleness bound is raised, with a warning, if an idle pod would outlive it."""
         if self.discovery is not None:
             self.discovery.start()
         if client is None:
             self._own_fetcher = AiohttpFetcher()
         source = client if client is not None else self._own_fetcher
         assert source is not None
-        self._scraper = Scraper(self.datastore, source, interval_s, timeout_s, observer=self.metrics)
+        self._scraper = Scraper(
+            self.datastore,
+            source,
+            interval_s,
+            timeout_s,
+            observer=self.metrics,
+            idle_interval_s=idle_interval_s,
+        )
+        needed = min_staleness_s(self._scraper.idle_interval_s, timeout_s)
+        if self.datastore.staleness_s < needed:
+            logger.warning(
+                "staleness bound raised from %gs to %gs: an idle pod is scraped every %gs and a scrape may "
+                "take %gs",
+                self.datastore.staleness_s,
+                needed,
+                self._scraper.idle_interval_s,
+                timeout_s,
+            )
+            self.datastore.staleness_s = needed
         self._scraper.start()
+        if self.kv_follower is not None:
+            self.kv_follower.start()
         self._catalog_task = asyncio.create_task(self.catalog.run(), name="model-catalog")
 
     async def stop_scraping(self) -> None:
@@ -204,6 +262,8 @@ class PickerCore:
         if self._scraper is not None:
             await self._scraper.stop()
             self._scraper = None
+        if self.kv_follower is not None:
+            await self.kv_follower.stop()
         if self._own_fetcher is not None:
             await self._own_fetcher.close()
             self._own_fetcher = None

@@ -2,13 +2,17 @@
 
 One `Datastore` is created per process and passed to whoever needs it (scraper, scheduler, servers). Which
 endpoints may be picked is decided by their `HealthState` (epp.health.endpoint_health).
+
+Between scrapes, `EndpointState.metrics` is bridged by epp's own accounting: the requests epp sent to a pod,
+or saw finish, since its last scrape are added to or taken from the scraped running/waiting counts, so a burst
+onto one pod is seen by the next pick rather than by the next scrape (docs/scraping.md).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from epp.health.endpoint_health import ROUTABLE, EndpointHealth, HealthState, classify
@@ -75,13 +79,24 @@ EndpointListener = Callable[[EndpointEvent, Endpoint], None]
 
 @dataclass(slots=True)
 class EndpointState:
-    """Mutable per-endpoint state owned by the datastore."""
+    """Mutable per-endpoint state owned by the datastore.
+
+    `metrics` is what pickers see: `scraped` (the pod's last answer) bridged by `in_flight` minus
+    `in_flight_at_scrape`, epp's sends and finishes since that scrape.
+    """
 
     endpoint: Endpoint
     metrics: MetricsSnapshot | None = None
     in_flight: int = 0
     health: EndpointHealth = field(default_factory=EndpointHealth)
     listeners: list[EndpointListener] = field(default_factory=list, repr=False)
+    scraped: MetricsSnapshot | None = None
+    in_flight_at_scrape: int = 0
+
+    def bridge(self) -> None:
+        """Recompute `metrics` from the last scrape and epp's in-flight change since."""
+        if self.scraped is not None:
+            self.metrics = bridged(self.scraped, self.in_flight - self.in_flight_at_scrape)
 
 
 class Datastore:
@@ -99,11 +114,20 @@ class Datastore:
         self.clock = clock
         self._states: dict[str, EndpointState] = {}
         self._listeners: list[EndpointListener] = []
+        self._send_listeners: list[Callable[[str], None]] = []
 
     # -- membership -------------------------------------------------------
     def subscribe(self, listener: EndpointListener) -> None:
         """Call `listener` when an endpoint is added, removed or restarts."""
         self._listeners.append(listener)
+
+    def subscribe_sends(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(name)` whenever a request is sent to endpoint `name` (the scraper's wake-up)."""
+        self._send_listeners.append(listener)
+
+    def unsubscribe_sends(self, listener: Callable[[str], None]) -> None:
+        if listener in self._send_listeners:
+            self._send_listeners.remove(listener)
 
     def _emit(self, event: EndpointEvent, endpoint: Endpoint) -> None:
         for listener in self._listeners:
@@ -150,7 +174,8 @@ class Datastore:
         if prev is not None and _restarted(prev, snapshot):
             state.health.restarts += 1
             self._emit(EndpointEvent.RESTARTED, state.endpoint)
-        state.metrics = snapshot
+        state.metrics = state.scraped = snapshot
+        state.in_flight_at_scrape = state.in_flight
         state.health.scrape_succeeded(self.clock())
 
     def record_scrape_failure(self, name: str, error: str, timed_out: bool = False) -> None:
@@ -216,12 +241,38 @@ class Datastore:
         state = self._states.get(name)
         if state is not None:
             state.in_flight += 1
+            state.bridge()
+            for listener in self._send_listeners:
+                listener(name)
 
     def release(self, name: str) -> None:
         """A request to `name` finished (in any way)."""
         state = self._states.get(name)
         if state is not None and state.in_flight > 0:
             state.in_flight -= 1
+            state.bridge()
+
+
+def bridged(scraped: MetricsSnapshot, delta: int) -> MetricsSnapshot:
+    """`scraped` with `delta` requests more (or fewer) on the pod, as its scheduler would place them.
+
+    New requests queue behind a pod that already queues and run on one that does not; a finished request
+    frees a slot that a waiting one takes, so finishes leave the queue first. The pod's own scrape replaces
+    the guess within one scrape interval.
+    """
+    if delta == 0:
+        return scraped
+    waiting, running = scraped.waiting, scraped.running
+    if delta > 0:
+        if waiting > 0:
+            waiting += delta
+        else:
+            running += delta
+    else:
+        taken = min(waiting, -delta)
+        waiting -= taken
+        running = max(0, running - (-delta - taken))
+    return replace(scraped, waiting=waiting, running=running)
 
 
 def _restarted(prev: MetricsSnapshot, cur: MetricsSnapshot) -> bool:

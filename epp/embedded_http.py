@@ -76,10 +76,13 @@ class EmbeddedServer:
         name: str = "http",
         graceful_shutdown_s: float = 2.0,
         protocol: type[asyncio.Protocol] | None = None,
+        reuse_port: bool = False,
     ) -> None:
-        """`protocol`: an HTTP protocol class to use instead of uvicorn's pick (websockets are then off)."""
+        """`protocol`: an HTTP protocol class to use instead of uvicorn's pick (websockets are then off).
+        `reuse_port`: bind with SO_REUSEPORT, so several processes can each listen on the same port."""
         self.host = host
         self.port = port
+        self._reuse_port = reuse_port
         self._config = uvicorn.Config(
             app,
             log_level=log_level.lower(),
@@ -96,7 +99,7 @@ class EmbeddedServer:
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port. Raises OSError when it cannot start."""
-        sock = listen_socket(self.host, self.port)
+        sock = listen_socket(self.host, self.port, self._reuse_port)
         self.port = sock.getsockname()[1]
         self._server = _Uvicorn(self._config)
         self._server.drain_s = self._drain_s
@@ -118,13 +121,20 @@ class EmbeddedServer:
         self._server = self.task = None
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
-    """A bound TCP socket on (host, port), IPv4 or IPv6; port 0 lets the OS pick a free one."""
+def listen_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A bound TCP socket on (host, port), IPv4 or IPv6; port 0 lets the OS pick a free one.
+
+    `reuse_port` sets SO_REUSEPORT: every process whose socket has it may bind the same port, and the kernel
+    spreads new connections over the ones listening (`epp gateway --workers`). A socket bound but never
+    listening takes no connections: it only holds the port.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose proto says TCP. Without it
     # Nagle holds uvicorn's second write of a response until the client's delayed ACK: +40 ms per response.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host.strip("[]"), port))
     except OSError:

@@ -1,16 +1,21 @@
 """A metric family's labelled children, each looked up from prometheus-client once.
 
 `labels()` takes a lock and checks its arguments on every call, microseconds each; the request path needs
-several labelled series per request, so it keeps the children it has seen.
+several labelled series per request, so it keeps the children it has seen. `HistogramSeries` observes into
+one histogram child for a fraction of `Histogram.observe`'s cost (a bisection instead of a scan of every
+bucket, no per-call checks).
 """
 
 from __future__ import annotations
 
 import contextlib
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
+from prometheus_client import Histogram
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.values import MutexValue
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
@@ -34,6 +39,51 @@ class LabelledChildren(Generic[M]):
             del self._children[values]
             with contextlib.suppress(KeyError):
                 self.family.remove(*values)
+
+
+class HistogramSeries:
+    """`observe` for one labelled (or label-less) Histogram child, counted exactly as `child.observe` would:
+    the sum, and the first bucket whose upper bound is >= the value (a NaN is added to the sum only).
+
+    With prometheus-client's in-process values (MutexValue) the sum and the bucket are added to directly:
+    their lock guards against writers on other threads, and these series are written from the event loop
+    only (an exposition on another thread still reads whole floats). Other value classes (multiprocess
+    mode) are added to through their own `inc`.
+    """
+
+    __slots__ = ("_bounds", "_buckets", "_direct", "_sum")
+
+    def __init__(self, child: Histogram) -> None:
+        if child._labelnames and not child._labelvalues:
+            raise ValueError(f"{child._name} has labels: observe one of its children")
+        self._bounds = list(child._upper_bounds)  # ends with +Inf: every number has a bucket
+        self._buckets = child._buckets
+        self._sum = child._sum
+        self._direct = type(self._sum) is MutexValue and all(type(b) is MutexValue for b in self._buckets)
+
+    def observe(self, amount: float) -> None:
+        if self._direct:
+            self._sum._value += amount
+            if amount == amount:  # NaN compares false with every bound: prometheus-client counts no bucket
+                self._buckets[bisect_left(self._bounds, amount)]._value += 1.0
+            return
+        self._sum.inc(amount)
+        if amount == amount:
+            self._buckets[bisect_left(self._bounds, amount)].inc(1)
+
+
+class LabelledSeries:
+    """HistogramSeries of `family` by label values, each built once."""
+
+    def __init__(self, family: Histogram) -> None:
+        self.family = family
+        self._series: dict[tuple[str, ...], HistogramSeries] = {}
+
+    def __call__(self, *values: str) -> HistogramSeries:
+        series = self._series.get(values)
+        if series is None:
+            series = self._series[values] = HistogramSeries(self.family.labels(*values))
+        return series
 
 
 OTHER = "other"  # the label value of client-controlled values past a family's cap

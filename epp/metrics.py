@@ -95,7 +95,7 @@ class DatastoreCollector(Collector):
             schedulable_flag.add_metric(name, 1.0 if ok else 0.0)
             for hs in HealthState:
                 health.add_metric([state.endpoint.name, hs.value], 1.0 if hs is current else 0.0)
-            snap = state.metrics
+            snap = state.scraped or state.metrics  # what the pod said, not epp's bridged estimate
             if snap is None:
                 continue
             snaps.append(snap)
@@ -266,7 +266,7 @@ class EppMetrics:
         """One decision: `result` is an epp.picking RESULT_* label; `endpoint` the pick, if any."""
         self._decision(strategy, result).inc()
         self.scheduler_e2e.observe(latency_s)
-        self.requests.request_processing.observe(latency_s)
+        self.requests.request_processing_series.observe(latency_s)
         if prefix_match_ratio is not None:
             self.prefix_match_ratio.observe(min(1.0, max(0.0, prefix_match_ratio)))
         if result == RESULT_SHED:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from epp.labelled_metrics import DEFAULT_LABEL_CAP, CappedLabel, LabelledChildren
+from epp.labelled_metrics import DEFAULT_LABEL_CAP, CappedLabel, LabelledSeries
 
 TOKEN_USAGE_BUCKETS = (
     1,
@@ -78,7 +78,7 @@ class GenAIMetrics:
         r = registry
         self._request_model = CappedLabel(label_cap)
         self._response_model = CappedLabel(label_cap)
-        self.token_usage = LabelledChildren(
+        self.token_usage = LabelledSeries(
             Histogram(
                 "gen_ai_client_token_usage",
                 "Number of input and output tokens used.",
@@ -87,7 +87,7 @@ class GenAIMetrics:
                 registry=r,
             )
         )
-        self.duration = LabelledChildren(
+        self.duration = LabelledSeries(
             Histogram(
                 "gen_ai_server_request_duration_seconds",
                 "Generative AI server request duration such as time-to-last byte or last output token.",
@@ -96,7 +96,7 @@ class GenAIMetrics:
                 registry=r,
             )
         )
-        self.ttft = LabelledChildren(
+        self.ttft = LabelledSeries(
             Histogram(
                 "gen_ai_server_time_to_first_token_seconds",
                 "Time to generate first token for successful responses.",
@@ -105,7 +105,7 @@ class GenAIMetrics:
                 registry=r,
             )
         )
-        self.tpot = LabelledChildren(
+        self.tpot = LabelledSeries(
             Histogram(
                 "gen_ai_server_time_per_output_token_seconds",
                 "Time per output token generated after the first token for successful responses.",

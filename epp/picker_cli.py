@@ -10,11 +10,12 @@ from typing import Any
 from epp.config.cli_types import any_int, non_negative_seconds, positive_int, positive_seconds
 from epp.config.routing_strategy import RoutingStrategy
 from epp.discovery.options import DiscoveryOptions, parse_discovery
+from metrics_scraper.scraper import DEFAULT_IDLE_INTERVAL_S, DEFAULT_INTERVAL_S
 
 
 def add_picker_arguments(p: argparse.ArgumentParser) -> None:
-    """--config, --endpoints, --strategy, --host, --scrape-interval/-timeout, --staleness, --max-attempts,
-    --seed, --log-level, --config-reload-interval, --cache-service and the discovery flags."""
+    """--config, --endpoints, --strategy, --host, --scrape-interval/-idle-interval/-timeout, --staleness,
+    --max-attempts, --seed, --log-level, --config-reload-interval, --cache-service and the discovery flags."""
     p.add_argument(
         "--config",
         action="append",
@@ -31,7 +32,18 @@ def add_picker_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument(
-        "--scrape-interval", type=positive_seconds, default=0.05, help="seconds between metrics scrapes"
+        "--scrape-interval",
+        type=positive_seconds,
+        default=DEFAULT_INTERVAL_S,
+        help="seconds between /metrics scrapes of a busy pod (something running or waiting, or epp has "
+        f"requests in flight to it; default {DEFAULT_INTERVAL_S:g}; docs/scraping.md)",
+    )
+    p.add_argument(
+        "--scrape-idle-interval",
+        type=positive_seconds,
+        default=DEFAULT_IDLE_INTERVAL_S,
+        help="seconds between scrapes of an idle pod; a request epp sends it brings the next scrape forward "
+        f"(default {DEFAULT_IDLE_INTERVAL_S:g}; equal to --scrape-interval: a fixed cadence)",
     )
     p.add_argument(
         "--scrape-timeout",
@@ -141,6 +153,7 @@ def picker_option_values(args: argparse.Namespace) -> dict[str, Any]:
         "strategy": args.strategy,
         "host": args.host,
         "scrape_interval_s": args.scrape_interval,
+        "scrape_idle_interval_s": args.scrape_idle_interval,
         "scrape_timeout_s": args.scrape_timeout,
         "max_attempts": args.max_attempts,
         "staleness_s": args.staleness,

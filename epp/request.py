@@ -16,9 +16,9 @@ The optional `cache_salt` (vLLM's: no KV cache is shared across salts) is kept f
 
 from __future__ import annotations
 
+import os
 import random
 import re
-import uuid
 from collections.abc import Container, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -145,7 +145,15 @@ def request_id_from(headers: Mapping[str, str]) -> str:
     given = headers.get("x-request-id")
     if given is not None and _REQUEST_ID_RE.fullmatch(given):
         return given
-    return uuid.uuid4().hex
+    return _new_request_id()
+
+
+def _new_request_id() -> str:
+    """A random UUID version 4 in hex, as `uuid.uuid4().hex` makes it, at a third of its cost."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return raw.hex()
 
 
 def stream_flag(body: Mapping[str, Any]) -> bool:

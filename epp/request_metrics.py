@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from epp.labelled_metrics import DEFAULT_LABEL_CAP, CappedLabel, LabelledChildren
+from epp.labelled_metrics import (
+    DEFAULT_LABEL_CAP,
+    CappedLabel,
+    HistogramSeries,
+    LabelledChildren,
+    LabelledSeries,
+)
 from epp.scheduling.types import Criticality, LLMRequest
 
 FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
@@ -194,26 +200,26 @@ class RequestMetrics:
                 registry=r,
             )
         )
-        self.duration = LabelledChildren(
+        self.duration = LabelledSeries(
             histogram(
                 "llm_d_epp_request_duration_seconds", "Arrival to the answer's last byte.", LATENCY_BUCKETS
             )
         )
-        self.request_size = LabelledChildren(
+        self.request_size = LabelledSeries(
             histogram("llm_d_epp_request_size_bytes", "Request body size.", REQUEST_SIZE_BUCKETS)
         )
-        self.response_size = LabelledChildren(
+        self.response_size = LabelledSeries(
             histogram("llm_d_epp_response_size_bytes", "Response body size.", RESPONSE_SIZE_BUCKETS)
         )
-        self.input_tokens = LabelledChildren(
+        self.input_tokens = LabelledSeries(
             histogram("llm_d_epp_request_input_tokens", "Prompt tokens per request.", INPUT_TOKEN_BUCKETS)
         )
-        self.output_tokens = LabelledChildren(
+        self.output_tokens = LabelledSeries(
             histogram(
                 "llm_d_epp_request_output_tokens", "Completion tokens per request.", OUTPUT_TOKEN_BUCKETS
             )
         )
-        self.cached_tokens = LabelledChildren(
+        self.cached_tokens = LabelledSeries(
             histogram(
                 "llm_d_epp_request_cached_tokens", "Prompt tokens read from cache.", INPUT_TOKEN_BUCKETS
             )
@@ -221,7 +227,7 @@ class RequestMetrics:
         self.running = LabelledChildren(
             Gauge("llm_d_epp_request_running", "Requests routed and not over.", labels, registry=r)
         )
-        self.ttft = LabelledChildren(
+        self.ttft = LabelledSeries(
             histogram(
                 "llm_d_epp_request_ttft_seconds",
                 "Arrival to the first content chunk.",
@@ -229,19 +235,19 @@ class RequestMetrics:
                 ("streaming",),
             )
         )
-        self.tpot = LabelledChildren(
+        self.tpot = LabelledSeries(
             histogram(
                 "llm_d_epp_request_streaming_tpot_seconds",
                 "Streaming: (duration - TTFT) / (output tokens - 1).",
                 TPOT_BUCKETS,
             )
         )
-        self.itl = LabelledChildren(
+        self.itl = LabelledSeries(
             histogram(
                 "llm_d_epp_request_streaming_itl_seconds", "Streaming: time between chunks.", ITL_BUCKETS
             )
         )
-        self.ntpot = LabelledChildren(
+        self.ntpot = LabelledSeries(
             histogram("llm_d_epp_request_ntpot_seconds", "Duration / output tokens.", NTPOT_BUCKETS)
         )
         self.request_processing = Histogram(
@@ -270,6 +276,10 @@ class RequestMetrics:
                 "llm_d_epp_extproc_streams", "ext_proc streams ended, by gRPC status.", ["code"], registry=r
             )
         )
+        # The same series as the three label-less histograms above, observed on every request through these.
+        self.request_processing_series = HistogramSeries(self.request_processing)
+        self.response_processing_series = HistogramSeries(self.response_processing)
+        self._stream_duration = HistogramSeries(self.stream_duration)
 
     def reserve_models(self, names: Iterable[str]) -> None:
         """Models the config names: they keep their own label whatever clients send."""
@@ -296,8 +306,9 @@ class RequestMetrics:
     def finished(self, labels: Labels, facts: RequestFacts) -> None:
         """Count one request that is over (call `ended` too if it was `started`)."""
         self.total(*labels).inc()
-        if facts.status >= 400:
-            self.errors(*labels, str(facts.status)).inc()
+        status = facts.status
+        if status >= 400:
+            self.errors(*labels, str(status)).inc()
         self.duration(*labels).observe(facts.duration_s)
         if facts.request_bytes is not None:
             self.request_size(*labels).observe(facts.request_bytes)
@@ -307,13 +318,13 @@ class RequestMetrics:
             self.input_tokens(*labels).observe(facts.prompt_tokens)
         if facts.cached_tokens is not None:
             self.cached_tokens(*labels).observe(facts.cached_tokens)
-        ok = facts.status < 400
+        ok = status < 400
         if ok and facts.ttft_s is not None:
             self.ttft(*labels, "true" if facts.streaming else "false").observe(facts.ttft_s)
         if facts.streaming and facts.chunk_gaps_s:
-            itl = self.itl(*labels)
+            observe = self.itl(*labels).observe
             for gap in facts.chunk_gaps_s:
-                itl.observe(gap)
+                observe(gap)
         out = facts.completion_tokens
         if out is None:
             return
@@ -334,5 +345,5 @@ class RequestMetrics:
 
     def stream_finished(self, code: str, seconds: float) -> None:
         self.streams_inflight.dec()
-        self.stream_duration.observe(seconds)
+        self._stream_duration.observe(seconds)
         self.streams(code).inc()

@@ -23,6 +23,7 @@ from epp.model_catalog import ModelCatalog
 from epp.request import request_id_from
 from epp.routes import MODELS_PATH, AllowedRoutes
 from gateway.asgi import (
+    BODY_BUFFERED,
     BadHeaders,
     BodyBudget,
     BodyTimeout,
@@ -50,6 +51,7 @@ logger = logging.getLogger(__name__)
 OWN_PATHS = frozenset({"/metrics", "/healthz"})  # answered by the gateway, GET only
 CLOSE = (b"connection", b"close")  # after a refused body: the rest of it is not worth reading
 RETRY_AFTER_S = 1
+_NONE: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,9 @@ class GatewayApp:
         self._limits = body_limits
         self._budget = BodyBudget(body_limits.max_buffered_body_bytes)
         self._routes = routes
+        # The methods of each allowed path, looked up once (the routes are fixed for the app's life).
+        self._methods = {path: routes.methods(path) for path in routes.paths()}
+        self._methods.update(dict.fromkeys(OWN_PATHS, frozenset({"GET"})))
         self._health = health  # more /healthz fields (pod discovery's state)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -92,7 +97,7 @@ class GatewayApp:
             return
         path: str = scope["path"]
         method: str = scope["method"]
-        allowed = frozenset({"GET"}) if path in OWN_PATHS else self._routes.methods(path)
+        allowed = self._methods.get(path, _NONE)
         if not allowed:
             await send_bytes(send, 404, error_body(404, f"Route {path} not found.", "not_found"))
         elif method not in allowed:
@@ -128,7 +133,12 @@ class GatewayApp:
             body_limits = self._limits
             try:
                 ctx.body = await read_body(
-                    receive, headers, body_limits.max_body_bytes, lease, body_limits.body_timeout_s
+                    receive,
+                    headers,
+                    body_limits.max_body_bytes,
+                    lease,
+                    body_limits.body_timeout_s,
+                    scope.get(BODY_BUFFERED, False),
                 )
             except BodyTooLarge:
                 message = f"Request body exceeds {body_limits.max_body_bytes} bytes."
@@ -148,6 +158,7 @@ class GatewayApp:
             lease.release()
             self._metrics.in_flight.dec()
             self._recorder.record(ctx, time.perf_counter() - ctx.started)
+            ctx.reply_hooks.clear()  # a refused request's (never applied): they hold `ctx`, a cycle
 
     async def _refuse(
         self,

@@ -22,6 +22,9 @@ Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 JSON = b"application/json"
+# Scope key the edge (gateway/edge.py) sets once the server holds a request's whole body: the app's first
+# receive() then returns it at once, so reading it needs no timer.
+BODY_BUFFERED = "epp.body_buffered"
 
 
 class BodyTooLarge(Exception):
@@ -77,13 +80,19 @@ class BodyLease:
 
 
 async def read_body(
-    receive: Receive, headers: dict[str, str], limit: int, lease: BodyLease, timeout_s: float
+    receive: Receive,
+    headers: dict[str, str],
+    limit: int,
+    lease: BodyLease,
+    timeout_s: float,
+    buffered: bool = False,
 ) -> bytes:
     """The whole request body, within `timeout_s` and the lease's budget.
 
     BodyTooLarge as soon as it (or its declared length) exceeds `limit`; BuffersFull when the budget cannot
     hold it (a declared length is reserved up front, so a refusal comes before any byte is buffered);
-    BodyTimeout; ClientGone.
+    BodyTimeout; ClientGone. `buffered`: the server already holds the whole body (BODY_BUFFERED), so no
+    read can wait and no timer is set.
     """
     declared = headers.get("content-length", "")
     if declared.isdigit():
@@ -96,25 +105,31 @@ async def read_body(
             # connection reset halfway through its upload.
             await _discard_body(receive, limit, timeout_s)
             raise
-    parts: list[bytes] = []
-    size = 0
+    if buffered:
+        return await _read_parts(receive, limit, lease)
     try:
         async with asyncio.timeout(timeout_s):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientGone
-                chunk: bytes = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge
-                if size > lease.bytes:  # chunked: no declared length
-                    lease.grow(size - lease.bytes)
-                parts.append(chunk)
-                if not message.get("more_body", False):
-                    return b"".join(parts)
+            return await _read_parts(receive, limit, lease)
     except TimeoutError:
         raise BodyTimeout from None
+
+
+async def _read_parts(receive: Receive, limit: int, lease: BodyLease) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        if size > lease.bytes:  # chunked: no declared length
+            lease.grow(size - lease.bytes)
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 async def _discard_body(receive: Receive, limit: int, timeout_s: float) -> None:

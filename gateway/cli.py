@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from epp import event_loop, limits
@@ -20,7 +22,7 @@ from epp.picker_cli import (
 from epp.pod_auth import PodKeyError, load_pod_credentials
 
 if TYPE_CHECKING:
-    from gateway.server import Gateway
+    from gateway.server import Gateway, GatewayOptions
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,7 +68,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "curl --resolve; repeatable (tests, air-gapped mirrors)",
     )
     _add_edge_arguments(p)
+    _add_worker_arguments(p)
     p.set_defaults(func=run_gateway)
+
+
+def _add_worker_arguments(p: argparse.ArgumentParser) -> None:
+    """--workers and --worker-metrics-port (docs/replicas.md)."""
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="gateway processes sharing --port (SO_REUSEPORT), each with its own picker and scraper; "
+        "a supervisor restarts one that dies (default 1: no supervisor)",
+    )
+    p.add_argument(
+        "--worker-metrics-port",
+        type=port,
+        default=None,
+        metavar="PORT",
+        help="worker I also serves its own /metrics and /healthz on PORT+I (0: each a free port, printed "
+        "on stderr); without it /metrics on --port answers from whichever worker took the connection",
+    )
 
 
 def _add_edge_arguments(p: argparse.ArgumentParser) -> None:
@@ -115,8 +137,11 @@ def run_gateway(args: argparse.Namespace) -> int:
         max_buffered_body_bytes=args.max_buffered_body_bytes,
         drain_timeout_s=args.drain_timeout,
         resolve=tuple(args.resolve),
+        metrics_port=args.worker_metrics_port,
         **extra,
     )
+    if args.workers > 1:
+        return _run_workers(options, args.workers)
     try:
         gateway = build_gateway(options, env=dict(os.environ))
     except ConfigError as exc:
@@ -136,3 +161,64 @@ def run_gateway(args: argparse.Namespace) -> int:
 
 def _announce(gateway: Gateway) -> None:
     print(f"epp gateway listening on {gateway.base_url}", flush=True)
+    if gateway.metrics_url is not None:
+        print(f"epp gateway: metrics on {gateway.metrics_url}", file=sys.stderr, flush=True)
+
+
+def _run_workers(options: GatewayOptions, count: int) -> int:
+    """`--workers N`: bind the port once here (so --port 0 works), fork N workers that bind it again with
+    SO_REUSEPORT, supervise them (epp.workers)."""
+    from epp.config import ConfigError
+    from epp.config.cli import check_scheduler
+    from epp.core import load_pool
+    from epp.embedded_http import listen_socket
+    from epp.workers import WorkerPlan, supervise
+    from gateway.server import build_gateway, check_routes
+
+    env = dict(os.environ)
+    try:  # the config's errors once, here, rather than once per worker
+        check_routes(options.allowed_routes)
+        check_scheduler(load_pool(options, env)[0])
+    except ConfigError as exc:
+        print(f"epp gateway: config error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"epp gateway: {exc}", file=sys.stderr)
+        return 2
+    try:
+        # Bound, never listening: it holds the port (no connection is queued on it) while workers come and go.
+        holder = listen_socket(options.host, options.port, reuse_port=True)
+    except OSError as exc:
+        print(f"epp gateway: {exc}", file=sys.stderr)
+        return 1
+    bound = holder.getsockname()[1]
+    base = options.metrics_port
+
+    def worker(index: int, ready: Callable[[str], None]) -> int:
+        holder.close()  # the parent's copy keeps the port
+        metrics_port = None if base is None else (0 if base == 0 else base + index)
+        opts = dataclasses.replace(options, port=bound, reuse_port=True, metrics_port=metrics_port)
+        try:
+            gateway = build_gateway(opts, env=env)
+        except (ConfigError, ValueError) as exc:
+            print(f"epp gateway: worker {index}: {exc}", file=sys.stderr)
+            return 2
+
+        def on_ready(g: Gateway) -> None:
+            ready("" if g.metrics_url is None else f"metrics {g.metrics_url}")
+
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                event_loop.run(gateway.run(on_ready=on_ready))
+        except OSError as exc:
+            print(f"epp gateway: worker {index}: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    host = options.host
+    url = f"http://{f'[{host}]' if ':' in host else host}:{bound}"
+    plan = WorkerPlan(count, name="epp gateway", stop_grace_s=options.drain_timeout_s + 10.0)
+    try:
+        return supervise(worker, plan, on_ready=lambda: print(f"epp gateway listening on {url}", flush=True))
+    finally:
+        holder.close()

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from epp import limits
-from gateway.asgi import error_body
+from gateway.asgi import BODY_BUFFERED, error_body
 
 LINGER_S = 1.0  # after a refusal, how long what the client still sends is read and dropped
 
@@ -69,7 +69,9 @@ class EdgeProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # exact: request target plus header lines
         self._header_count = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_deadline: float | None = None  # a head's first byte came (loop time + head timeout)
         self._body_timer: asyncio.TimerHandle | None = None
+        self._body_deadline: float | None = None  # a head is complete and its body is not (loop time)
         self._body_overdue = False
         self._refusal: Refusal | None = None
         self._refused = False
@@ -86,13 +88,16 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._refused:
             return  # the refusal is on its way out; the rest is dropped
         if self._in_head:
-            if self._head_timer is None:
-                self._arm_head_timer()
+            if self._head_timer is None and self._head_deadline is None:
+                # Timed from this first byte; the timer itself is armed only if the head is still incomplete
+                # once this read is parsed (a head in one read, the usual case, costs no timer).
+                self._head_deadline = self.loop.time() + self.limits.header_timeout_s
             self._raw_head_bytes += len(data)
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
+            self._arm_body_timer()
             self._upgrade()
             return
         except httptools.HttpParserError:  # callback refusals included (httptools wraps them)
@@ -102,6 +107,8 @@ class EdgeProtocol(HttpToolsProtocol):
             return
         if self._in_head and self._raw_head_bytes > self.limits.max_header_bytes:
             self._refuse(_too_large_head(self.limits))
+            return
+        self._arm_body_timer()
 
     def _upgrade(self) -> None:
         # As uvicorn does; the gateway serves no websockets, so this only logs.
@@ -143,13 +150,20 @@ class EdgeProtocol(HttpToolsProtocol):
         self._check_framing()
         super().on_headers_complete()
         self._body_overdue = False
-        self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._on_body_timeout)
+        # The timer is armed after this read is parsed, and only if the body is still incomplete by then: a
+        # request that came in one read (most do) costs no timer.
+        self._body_deadline = self.loop.time() + self.limits.body_timeout_s
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self._body_deadline = None
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
+        cycle = self.cycle
+        if cycle is not None and not cycle.more_body:
+            scope = cast(dict[str, Any], cycle.scope)  # uvicorn's HTTPScope type lists the ASGI keys only
+            scope[BODY_BUFFERED] = True  # the app's first receive() returns the body whole, without waiting
         self._in_head = True
         self._raw_head_bytes = 0
         cycle = self.cycle
@@ -238,19 +252,32 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def _on_body_timeout(self) -> None:
         self._body_timer = None
+        self._body_deadline = None
         self._body_overdue = True
         cycle = self.cycle
         if cycle is not None and cycle.response_complete and not self.transport.is_closing():
             self.transport.close()
         # Otherwise the app's own body timeout answers 408, or on_response_complete closes.
 
+    def _arm_body_timer(self) -> None:
+        """After a read: time the head still incomplete, and the body whose head came complete and whose end
+        has not come yet."""
+        deadline = self._body_deadline
+        if deadline is not None and self._body_timer is None:
+            self._body_timer = self.loop.call_at(deadline, self._on_body_timeout)
+        deadline = self._head_deadline
+        if deadline is not None and self._in_head and self._head_timer is None:
+            self._head_timer = self.loop.call_at(deadline, self._on_head_timeout)
+
     def _cancel_head_timer(self) -> None:
+        self._head_deadline = None
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
 
     def _cancel_timers(self) -> None:
         self._cancel_head_timer()
+        self._body_deadline = None
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None

@@ -113,8 +113,6 @@ class MeteredReply:
                 yield chunk
                 handling += clock() - start
         finally:
-            if stats.watcher is not None:
-                stats.usage = stats.watcher.usage()
             if self._on_done is not None:
                 self._on_done(handling)
 
@@ -148,7 +146,7 @@ class RequestRecorder:
             if requests is not None and lifecycle is not None and stats.picker_labels is None:
                 stats.picker_labels = requests.labels(lifecycle.request)
                 requests.started(stats.picker_labels)
-            done = requests.response_processing.observe if requests is not None else None
+            done = requests.response_processing_series.observe if requests is not None else None
             return MeteredReply(reply, stats, self._clock, done)
 
         ctx.reply_hooks.insert(0, hook)
@@ -270,10 +268,15 @@ class RequestRecorder:
 
 
 def _usage_of(stats: ReplyStats | None, reported: TokenCounts | None) -> Usage | None:
-    """The usage the upstream reported to the attempt (before any stripping), else what the reply showed."""
+    """The usage the upstream reported to the attempt (before any stripping), else what the reply showed
+    (read only then: the attempt has usually parsed the answer already)."""
     if reported is not None:
         return Usage(reported.prompt, reported.completion, reported.cached)
-    return stats.usage if stats is not None else None
+    if stats is None:
+        return None
+    if stats.usage is None and stats.watcher is not None:
+        stats.usage = stats.watcher.usage()
+    return stats.usage
 
 
 def _model_of(body: bytes) -> str:

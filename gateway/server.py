@@ -32,6 +32,7 @@ from gateway.cache_stage import CacheStage
 from gateway.edge import EdgeLimits, edge_protocol
 from gateway.forward import ForwardStage
 from gateway.metrics import GatewayMetrics
+from gateway.own_paths import OwnPathsOnly
 from gateway.pipeline import ModelCheckStage, ParseStage, Pipeline, ScheduleStage, Stage
 from gateway.providers import ProviderStage
 from gateway.record import RequestRecorder
@@ -65,6 +66,8 @@ class GatewayOptions(PickerOptions):
     resolve: tuple[str, ...] = ()  # `host:port=addr:port` overrides for provider hosts (--resolve)
     retry_on_fallback: bool = True  # a provider failing before the first byte: retry once on its fallback
     clock: Callable[[], float] = time.monotonic  # outlier detection's (tests inject a fake one)
+    reuse_port: bool = False  # SO_REUSEPORT: `--workers N` processes listen on the same port
+    metrics_port: int | None = None  # also serve /metrics and /healthz alone here (0: a free port)
 
 
 def check_routes(routes: AllowedRoutes) -> None:
@@ -178,9 +181,16 @@ class Gateway:
             "gateway",
             graceful_shutdown_s=options.drain_timeout_s,
             protocol=edge_protocol(edge),
+            reuse_port=options.reuse_port,
         )
+        self._metrics_server: EmbeddedServer | None = None
+        if options.metrics_port is not None:
+            self._metrics_server = EmbeddedServer(
+                OwnPathsOnly(self.app), options.host, options.metrics_port, options.log_level, "metrics"
+            )
         self._stop = asyncio.Event()
         self.port = options.port
+        self.metrics_port = options.metrics_port
 
     def _provider_stage(self, traffic: TrafficConfig) -> ProviderStage:
         # A new stage per version: its outlier detectors start afresh (ejections do not survive a reload).
@@ -210,8 +220,16 @@ class Gateway:
 
     @property
     def base_url(self) -> str:
+        return self._url(self.port)
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where this process alone answers /metrics and /healthz (None: only on the main port)."""
+        return None if self.metrics_port is None else self._url(self.metrics_port)
+
+    def _url(self, port: int) -> str:
         host = self.options.host
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     async def start(self) -> None:
         """Start scraping and serving; sets `port` to the bound port."""
@@ -221,7 +239,11 @@ class Gateway:
             await self.provider_upstream.open()
         if self.cache is not None:
             await start_front(self.cache)
-        self.core.start_scraping(opts.scrape_interval_s, opts.scrape_timeout_s)
+        self.core.start_scraping(
+            opts.scrape_interval_s, opts.scrape_timeout_s, idle_interval_s=opts.scrape_idle_interval_s
+        )
+        if self._metrics_server is not None:
+            self.metrics_port = await self._metrics_server.start()
         self.port = await self._server.start()
         self.reloader.start()
         logger.info(
@@ -238,6 +260,8 @@ class Gateway:
         """Stop serving (in-flight requests get `drain_timeout_s`), scraping, upstream connections."""
         await self.reloader.close()
         await self._server.stop()
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
         await self.core.close()
         if self.cache is not None:
             await self.cache.close()

@@ -1,6 +1,6 @@
 """How the scraper fetches a pod's /metrics body: `AiohttpFetcher` by default, or any httpx client.
 
-Scraping runs 20 times a second per pod for as long as epp runs, so its per-request cost matters: aiohttp's
+Scraping runs 2-4 times a second per pod for as long as epp runs, so its per-request cost matters: aiohttp's
 client costs a fraction of httpx's per GET (measured with py-spy in `epp serve`). Bodies are requested
 uncompressed: on a local network gzip costs both sides more CPU than it saves.
 """

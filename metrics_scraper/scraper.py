@@ -1,9 +1,15 @@
-"""Periodically scrape every endpoint's /metrics into the datastore.
+"""Scrape every endpoint's /metrics into the datastore, often while the pod is busy and seldom while idle.
 
 Each endpoint gets its own asyncio task that scrapes, waits for the next tick and scrapes again, so a slow pod
 never delays the others and scrapes of one pod never overlap. The supervising loop re-reads the datastore's
 membership every interval and starts or cancels those tasks. A failed scrape is recorded in the datastore,
 which makes the endpoint unschedulable until a later scrape succeeds.
+
+Adaptive cadence: a pod whose last scrape showed nothing running or waiting, that epp has no request in flight
+to and whose scrapes succeed is idle and scraped every `idle_interval_s`; any other pod every `interval_s`.
+When epp sends a request to an idle pod, the datastore wakes its task, which scrapes `interval_s` after that
+send; until then the datastore's in-flight bridge (epp.datastore.bridged) carries the send. Every scrape costs
+the pod CPU (a real vLLM API server ~0.45% of a core per scrape per second): docs/scraping.md has the figures.
 """
 
 from __future__ import annotations
@@ -23,6 +29,17 @@ from metrics_scraper.vllm_mapping import ScrapeError, VllmMetricsParser
 
 logger = logging.getLogger(__name__)
 
+# From bench/scrape_cost.py (docs/scraping.md): 4 scrapes a second cost a vLLM API server 1.9% of a core, so
+# a busy pod is scraped that often and an idle one twice a second (1.0%); the bridge carries sends between.
+DEFAULT_INTERVAL_S = 0.25
+DEFAULT_IDLE_INTERVAL_S = 0.5
+
+
+def min_staleness_s(idle_interval_s: float, timeout_s: float) -> float:
+    """The smallest staleness bound under which a healthy idle pod never goes stale between two scrapes: the
+    next scrape starts one idle interval after the last began and may take up to the timeout."""
+    return idle_interval_s + timeout_s
+
 
 class ScrapeObserver(Protocol):
     """Told about every scrape; the server layer implements it to export Prometheus metrics."""
@@ -38,7 +55,8 @@ class ScrapeObserver(Protocol):
 
 
 class Scraper:
-    """Scrapes `http://host:port/metrics` of every datastore endpoint every `interval_s`.
+    """Scrapes `http://host:port/metrics` of every datastore endpoint: every `interval_s` while the pod is
+    busy, every `idle_interval_s` while it is idle (None: `interval_s`, a fixed cadence).
 
     `client` (an httpx client or a MetricsFetcher) is owned by the caller; its connection pool limits bound
     how many pods can be scraped at once.
@@ -49,16 +67,20 @@ class Scraper:
         self,
         datastore: Datastore,
         client: httpx.AsyncClient | MetricsFetcher,
-        interval_s: float = 0.05,
+        interval_s: float = DEFAULT_INTERVAL_S,
         timeout_s: float = 0.5,
         observer: ScrapeObserver | None = None,
+        idle_interval_s: float | None = DEFAULT_IDLE_INTERVAL_S,
     ) -> None:
         self.datastore = datastore
         self.fetcher: MetricsFetcher = (
             HttpxFetcher(client) if isinstance(client, httpx.AsyncClient) else client
         )
         self.interval_s = interval_s
+        # Never faster when idle than when busy: a lower idle interval would be a busier idle.
+        self.idle_interval_s = max(interval_s, idle_interval_s if idle_interval_s is not None else interval_s)
         self.timeout_s = timeout_s
+        self._wakers: dict[str, asyncio.Event] = {}  # per endpoint, set when epp sends it a request
         self.observer = observer
         self._parser = VllmMetricsParser()
         self._tasks: dict[str, tuple[Endpoint, asyncio.Task[None]]] = {}
@@ -83,11 +105,13 @@ class Scraper:
 
     async def run(self) -> None:
         """Scrape until cancelled, following datastore membership changes."""
+        self.datastore.subscribe_sends(self._on_send)
         try:
             while True:
                 self._reconcile()
                 await asyncio.sleep(self.interval_s)
         finally:
+            self.datastore.unsubscribe_sends(self._on_send)
             tasks = [task for _, task in self._tasks.values()]
             self._tasks.clear()
             for task in tasks:
@@ -118,23 +142,52 @@ class Scraper:
                 task = asyncio.create_task(self._scrape_forever(endpoint), name=f"scrape-{name}")
                 self._tasks[name] = (endpoint, task)
 
+    def _on_send(self, name: str) -> None:
+        wake = self._wakers.get(name)
+        if wake is not None:
+            wake.set()
+
+    def is_busy(self, name: str) -> bool:
+        """Whether `name` is scraped at the busy cadence: not known to be idle and healthy."""
+        state = self.datastore.get(name)
+        if state is None or state.in_flight > 0 or self._failing.get(name, True):
+            return True
+        m = state.scraped or state.metrics
+        return m is None or m.running + m.waiting > 0
+
     async def _scrape_forever(self, endpoint: Endpoint) -> None:
         loop = asyncio.get_running_loop()
+        wake = self._wakers[endpoint.name] = asyncio.Event()
         next_at = loop.time()
         crashed = False
-        while True:
-            try:
-                await self._scrape(endpoint)
-                crashed = False
-            except Exception:  # a bug in an observer or datastore listener must not stop scraping
-                if not crashed:
-                    logger.exception("scrape of %s raised", endpoint.name)
-                crashed = True
-            next_at += self.interval_s
-            now = loop.time()
-            if next_at < now:  # the scrape overran: skip missed ticks instead of bursting to catch up
-                next_at = now
-            await asyncio.sleep(next_at - now)
+        try:
+            while True:
+                wake.clear()  # a send during the scrape leaves in_flight > 0: busy below
+                try:
+                    await self._scrape(endpoint)
+                    crashed = False
+                except Exception:  # a bug in an observer or datastore listener must not stop scraping
+                    if not crashed:
+                        logger.exception("scrape of %s raised", endpoint.name)
+                    crashed = True
+                busy = self.is_busy(endpoint.name)
+                next_at += self.interval_s if busy else self.idle_interval_s
+                now = loop.time()
+                if next_at < now:  # the scrape overran: skip missed ticks instead of bursting to catch up
+                    next_at = now
+                if busy or self.idle_interval_s == self.interval_s:
+                    await asyncio.sleep(next_at - now)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(next_at):
+                        await wake.wait()
+                    # epp sent the idle pod a request: look one busy interval later, when the pod has it.
+                    woke = loop.time()
+                    next_at = min(next_at, woke + self.interval_s)
+                    await asyncio.sleep(next_at - woke)
+        finally:
+            if self._wakers.get(endpoint.name) is wake:
+                del self._wakers[endpoint.name]
 
     async def _scrape(self, endpoint: Endpoint) -> bool:
         started = time.monotonic()

@@ -8,6 +8,9 @@ from scorers import (
     least_request_scorer,
     lora_affinity_scorer,
     max_score_picker,
+    precise_prefix_cache_scorer,
+    prefill_affinity_filter,
+    prefill_load_scorer,
     prefix_affinity_filter,
     prefix_cache_scorer,
     queue_scorer,
@@ -27,6 +30,9 @@ _MODULES = (
     random_picker,
     prefix_cache_scorer,
     prefix_affinity_filter,
+    precise_prefix_cache_scorer,
+    prefill_load_scorer,
+    prefill_affinity_filter,
 )
 
 

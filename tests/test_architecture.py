@@ -62,12 +62,18 @@ LAYER_OF: dict[str, str] = {
     "epp.traffic": VOCABULARY,
     "epp.kv_events": VOCABULARY,  # vLLM's KV-event wire format and a pod's cached-block set
     "epp.kv_events.subscriber": SERVICES,  # the ZMQ subscriber (opens sockets)
+    "epp.tokenization": VOCABULARY,  # request -> the pod's token ids (local tokenizers read files at start)
+    "epp.tokenization.vllm_http": SERVICES,  # a pod's POST /tokenize (network)
+    "epp.kv_events.sources": SERVICES,  # a pod's publishers: config or GET /kv_event_sources
+    "epp.kv_events.follower": SERVICES,  # one subscription per pod, resync on gaps/restarts
+    "epp.kv_events.follower_status": SERVICES,  # per-pod stream status, epp_kv_events_* metrics
     "epp.servers": SERVERS,
     "gateway": GATEWAY,
     "epp.lifecycle": RUNTIME,
     "epp.embedded_http": RUNTIME,
     "epp.event_loop": RUNTIME,
     "epp.process_group": RUNTIME,
+    "epp.workers": RUNTIME,  # `epp gateway --workers`: the forked-worker supervisor
     "epp.core": COMPOSITION,
     "epp.app": COMPOSITION,
     "epp.cli": COMPOSITION,

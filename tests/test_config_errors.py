@@ -44,7 +44,8 @@ def error_for(name: str, env: dict[str, str] | None = None) -> str:
             "unknown-strategy.yaml",
             'document 1 (InferencePool "pool"): '
             'metadata.annotations["inference.networking.x-k8s.io/routing-strategy"]: '
-            'must be one of PREFIX_CACHE, LEAST_REQUEST, ROUND_ROBIN, RANDOM, LOAD_AWARE (got "FASTEST")',
+            "must be one of PREFIX_CACHE, PREFIX_TOKENS, LEAST_REQUEST, ROUND_ROBIN, RANDOM, LOAD_AWARE "
+            '(got "FASTEST")',
         ),
         (
             "bad-api-version.yaml",

@@ -35,6 +35,14 @@ EXPECTED_PROFILES = {
         ("least-request-scorer", 1.0),
         ("max-score-picker", 1.0),
     ],
+    RoutingStrategy.PREFIX_TOKENS: [
+        ("saturation-filter", 1.0),
+        ("prefix-cache-scorer", 0.0),
+        ("prefill-load-scorer", 2.0),
+        ("prefill-affinity-filter", 1.0),
+        ("least-request-scorer", 1.0),
+        ("max-score-picker", 1.0),
+    ],
     RoutingStrategy.LOAD_AWARE: [
         ("saturation-filter", 1.0),
         ("prefix-cache-scorer", 3.0),
@@ -50,6 +58,7 @@ PROFILE_NAMES = {
     RoutingStrategy.RANDOM: "random",
     RoutingStrategy.LEAST_REQUEST: "least-request",
     RoutingStrategy.PREFIX_CACHE: "prefix-cache",
+    RoutingStrategy.PREFIX_TOKENS: "prefix-tokens",
     RoutingStrategy.LOAD_AWARE: "load-aware",
 }
 
@@ -78,6 +87,14 @@ def test_builtin_parameters(strategy: RoutingStrategy) -> None:
             "threshold": 0.5,
             "prefixPluginRef": "prefix-cache-scorer",
         }
+    if "prefill-affinity-filter" in params:
+        assert params["prefill-affinity-filter"] == {
+            "threshold": 0.5,
+            "waitBound": 0.25,
+            "prefixPluginRef": "prefix-cache-scorer",
+            "loadPluginRef": "prefill-load-scorer",
+        }
+        assert params["prefill-load-scorer"] == {"prefixPluginRef": "prefix-cache-scorer"}
     for plain in (
         "queue-scorer",
         "kv-cache-utilization-scorer",
@@ -96,7 +113,7 @@ def test_each_call_returns_a_fresh_config() -> None:
 def test_unknown_strategy_lists_valid_names() -> None:
     with pytest.raises(ConfigError) as info:
         builtin_strategy("FASTEST")
-    valid = "PREFIX_CACHE, LEAST_REQUEST, ROUND_ROBIN, RANDOM, LOAD_AWARE"
+    valid = "PREFIX_CACHE, PREFIX_TOKENS, LEAST_REQUEST, ROUND_ROBIN, RANDOM, LOAD_AWARE"
     assert str(info.value) == f'strategy: must be one of {valid} (got "FASTEST")'
 
 

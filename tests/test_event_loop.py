@@ -34,3 +34,13 @@ def test_startup_objects_are_frozen_out_of_the_collector() -> None:
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+async def _threshold() -> int:
+    return gc.get_threshold()[0]
+
+
+def test_young_generation_is_collected_less_often_while_serving_only() -> None:
+    before = gc.get_threshold()
+    assert event_loop.run(_threshold()) == event_loop.SERVICE_GC_THRESHOLD != before[0]
+    assert gc.get_threshold() == before  # restored once the service is over

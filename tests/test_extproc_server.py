@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -401,3 +402,29 @@ async def test_default_ends_the_stream_after_routing_and_keeps_the_pick_in_fligh
         assert await call.read() == grpc.aio.EOF
         assert await call.code() == grpc.StatusCode.OK
         assert sum(h.in_flight().values()) == 1  # still in flight: the request goes on in Envoy
+
+
+async def test_finished_streams_leave_no_cycles_for_the_garbage_collector(h: Harness) -> None:
+    # A done callback on the gRPC context is kept in the RPC's state, bound to the context: a cycle that
+    # left every stream's objects (and the RPC's) to the collector.
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for cancel in (False, True):
+            call = h.stub.Process()
+            await exchange(call, headers_msg("/v1/chat/completions"))
+            await exchange(call, body_msg(chat()))
+            if cancel:
+                call.cancel()
+            else:
+                await exchange(call, pb.ProcessingRequest(response_headers=pb.HttpHeaders()))
+                await call.done_writing()
+                assert await call.read() == grpc.aio.EOF
+            await wait_released(h)
+        await asyncio.sleep(0.1)
+        gc.collect()
+        kept = {type(o).__name__ for o in gc.garbage}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert not kept & {"ProcessStream", "RequestLifecycle"}, kept

@@ -77,6 +77,26 @@ async def test_half_sent_body_gets_408_json() -> None:
         await assert_still_serves(gw)
 
 
+async def test_after_a_whole_request_the_next_half_sent_head_or_body_still_gets_408() -> None:
+    # A request that came in one read arms no timer: the timers of the next request on the same connection
+    # must still be armed when its head or body stays incomplete.
+    for cut, code in (
+        (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n", "header_timeout"),
+        (None, "body_timeout"),
+    ):
+        async with fleet_and_gateway(**FAST) as gw:
+            reader, writer = await connect(gw)
+            writer.write(post("/v1/chat/completions", CHAT_BODY))
+            first = await read_response(reader, timeout_s=10)
+            assert first.status == 200
+            writer.write(cut if cut is not None else post("/v1/chat/completions", CHAT_BODY)[:-10])
+            r = await read_response(reader, timeout_s=5)
+            assert r.status == 408 and r.error()["code"] == code
+            assert await closed_by_peer(reader, 5)
+            writer.close()
+            await assert_still_serves(gw)
+
+
 async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() -> None:
     async with fleet_and_gateway(**FAST) as gw:
         reader, writer = await connect(gw)

@@ -12,6 +12,7 @@ import zmq.asyncio
 from bench.sim.fleet import SimFleet
 from bench.sim.kv_events import KVEventsConfig
 from epp.kv_events.index import BlockIndex
+from epp.kv_events.sources import parse_sources
 from epp.kv_events.subscriber import KVEventSubscriber
 from epp.kv_events.wire import AllBlocksCleared, BlockStored, EventMessage
 
@@ -32,12 +33,13 @@ async def test_pod_publishes_what_it_caches_and_describes_the_publisher():
     async with SimFleet(pods=2, profile="cpu-tiny", time_scale=20.0, kv_events=CONFIG) as fleet:
         async with httpx.AsyncClient(timeout=30.0) as client:
             sources = [(await client.get(f"{url}/kv_event_sources")).json() for url in fleet.urls]
-            assert [len(s) for s in sources] == [1, 1]
-            src = sources[0][0]
-            assert src["topic"] == "kv@sim" and src["data_parallel_rank"] == 0
-            assert src["endpoint"] != sources[1][0]["endpoint"]  # one publisher per pod
+            assert [list(s) for s in sources] == [["0"], ["0"]]  # vLLM 0.32: data-parallel rank -> config
+            src = sources[0]["0"]
+            assert src["topic"] == "kv@sim" and src["publisher"] == "zmq" and src["enable_kv_cache_events"]
+            assert src["endpoint"] != sources[1]["0"]["endpoint"]  # one publisher per pod
+            [address] = parse_sources(sources[0], "127.0.0.1")
             sub = KVEventSubscriber(
-                ctx, src["endpoint"], replay_endpoint=src["replay_endpoint"], topic="kv@sim"
+                ctx, address.endpoint, replay_endpoint=address.replay_endpoint, topic="kv@sim"
             )
             stream = sub.messages()
             index = BlockIndex()
@@ -65,7 +67,7 @@ async def test_pod_publishes_what_it_caches_and_describes_the_publisher():
 @pytest.mark.slow
 async def test_without_kv_events_the_pod_lists_no_sources():
     async with SimFleet(pods=1, profile="tiny") as fleet, httpx.AsyncClient() as client:
-        assert (await client.get(f"{fleet.urls[0]}/kv_event_sources")).json() == []
+        assert (await client.get(f"{fleet.urls[0]}/kv_event_sources")).json() == {}
 
 
 @pytest.mark.slow

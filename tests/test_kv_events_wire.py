@@ -68,7 +68,11 @@ def test_simulator_messages_have_vllms_layout():
     assert list(sim[1][0]) == list(real[1][0])  # same keys in the same order, `type` first
     assert type(sim[0]) is float and sim[2] == 0
     stored = decode_message(encode_message("t", 5, 1.0, events)).events
-    assert stored == (BlockStored((1, 2), None, tuple(range(128)) * 2, 128, medium="GPU", group_idx=0),)
+    assert stored == (
+        BlockStored(
+            (1, 2), None, tuple(range(128)) * 2, 128, medium="GPU", group_idx=0, extra_keys=(None, None)
+        ),
+    )
 
 
 def test_removed_and_cleared_round_trip():

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import orjson
 import pytest
 import zmq
 import zmq.asyncio
 
 from bench.sim.kv_cache import Removed, Stored
 from bench.sim.kv_events import KVEventPublisher, KVEventsConfig, binds, offset_port
+from epp.kv_events.sources import parse_sources
 from epp.kv_events.subscriber import KVEventSubscriber
 from epp.kv_events.wire import BlockRemoved, BlockStored
+
+FIXTURES = Path(__file__).parent / "fixtures" / "vllm" / "vllm-0.32"
 
 
 async def _collect(sub: KVEventSubscriber, pub: KVEventPublisher, count: int, start: int = 0) -> list[int]:
@@ -94,13 +99,18 @@ async def test_plain_endpoint_connects_to_a_binding_subscriber():
         ctx.term()
 
 
-async def test_kv_event_sources_names_a_dialable_endpoint():
+async def test_kv_event_sources_answers_like_vllm_032_with_the_ports_filled_in():
     pub = KVEventPublisher(KVEventsConfig("tcp://*:*", "tcp://*:*", "t"), 16)
     try:
-        [src] = pub.sources("127.0.0.1")
-        assert src["endpoint"].startswith("tcp://127.0.0.1:") and src["endpoint"] != "tcp://127.0.0.1:*"
-        assert src["replay_endpoint"].startswith("tcp://127.0.0.1:")
-        assert src["topic"] == "t" and src["data_parallel_rank"] == 0
+        sources = pub.sources()
+        assert list(sources) == ["0"]  # data-parallel rank -> that engine's events config, as vLLM 0.32
+        real = orjson.loads((FIXTURES / "kv-event-sources.json").read_bytes())["0"]
+        assert set(sources["0"]) == set(real)
+        src = sources["0"]
+        assert src["endpoint"].startswith("tcp://*:") and src["endpoint"] != "tcp://*:*"  # wildcard kept
+        assert src["replay_endpoint"].startswith("tcp://*:") and src["topic"] == "t"
+        [address] = parse_sources(sources, "127.0.0.1")  # the subscriber dials the pod's own address
+        assert address.endpoint == src["endpoint"].replace("*", "127.0.0.1")
     finally:
         await pub.close()
 

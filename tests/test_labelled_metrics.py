@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+import math
 
-from epp.labelled_metrics import LabelledChildren
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from epp.labelled_metrics import HistogramSeries, LabelledChildren, LabelledSeries
 
 
 def test_children_are_looked_up_once_and_count_like_labels() -> None:
@@ -31,3 +34,35 @@ def test_remove_where_drops_series_and_cache() -> None:
     assert 'endpoint="a"' not in text and 'endpoint="b"' in text
     children("a", "ok").inc()  # a new child, counting from zero
     assert registry.get_sample_value("hits_total", {"endpoint": "a", "outcome": "ok"}) == 1.0
+
+
+def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in registry.collect()
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+
+
+def test_histogram_series_counts_exactly_as_observe() -> None:
+    values = [0, 0.1, 0.10001, 1, 2.4, 2.5, 9.9, 10, 11, 1e9, -5, math.inf, 0.5, 3]
+    by_observe, by_series = CollectorRegistry(), CollectorRegistry()
+    plain = Histogram("h", "d", ["a"], buckets=(0.1, 1, 2.5, 10), registry=by_observe).labels("x")
+    series = LabelledSeries(Histogram("h", "d", ["a"], buckets=(0.1, 1, 2.5, 10), registry=by_series))("x")
+    for v in values:
+        plain.observe(v)
+        series.observe(v)
+    assert _samples(by_series) == _samples(by_observe)
+    for v in (-math.inf, math.nan):  # the lowest bucket; no bucket at all (the sum is NaN either way)
+        plain.observe(v)
+        series.observe(v)
+    got, want = _samples(by_series), _samples(by_observe)
+    assert math.isnan(got.pop(("h_sum", (("a", "x"),)))) and math.isnan(want.pop(("h_sum", (("a", "x"),))))
+    assert got == want
+
+
+def test_histogram_series_refuses_a_family_with_labels() -> None:
+    family = Histogram("h", "d", ["a"], registry=CollectorRegistry())
+    with pytest.raises(ValueError, match="has labels"):
+        HistogramSeries(family)

@@ -43,8 +43,9 @@ def metrics(ds: Datastore, name: str) -> MetricsSnapshot | None:
     return None if state is None else state.metrics
 
 
-async def test_default_interval_is_50_ms(client: httpx.AsyncClient) -> None:
-    assert Scraper(Datastore(), client).interval_s == 0.05
+async def test_default_cadence_is_250_ms_busy_500_ms_idle(client: httpx.AsyncClient) -> None:
+    scraper = Scraper(Datastore(), client)
+    assert (scraper.interval_s, scraper.idle_interval_s) == (0.25, 0.5)
 
 
 async def test_snapshot_of_a_simulated_pod_follows_its_load_and_lora(
@@ -134,8 +135,9 @@ async def test_pod_that_stops_answering_metrics_is_unschedulable_until_it_answer
 ) -> None:
     ds = Datastore(staleness_s=0.3)
     ds.set_endpoints(endpoints(fleet))
-    # A scrape timeout longer than the staleness bound: a hung /metrics is caught by staleness alone.
-    scraper = Scraper(ds, client, interval_s=0.02, timeout_s=10.0)
+    # A scrape timeout longer than the staleness bound: a hung /metrics is caught by staleness alone. A fixed
+    # cadence: an idle pod scraped every 0.5 s (the default) would outlive this bound (epp.core raises it).
+    scraper = Scraper(ds, client, interval_s=0.02, timeout_s=10.0, idle_interval_s=0.02)
     scraper.start()
     try:
         await wait_for(lambda: all(schedulable(ds, e.name) for e in ds.endpoints()), "pods scraped")

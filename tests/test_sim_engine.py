@@ -10,7 +10,7 @@ from bench.sim.clock import SimClock
 from bench.sim.engine import EngineCore, SimRequest
 from bench.sim.kv_cache import BlockPool, block_hashes
 from bench.sim.profiles import PROFILES, get_profile
-from bench.sim.tokenizer import Tokenizer
+from epp.tokenization.simulated import Tokenizer
 
 TINY = get_profile("tiny")
 

@@ -12,7 +12,7 @@ from bench.sim.fleet import SimFleet
 from bench.sim.pod import SimPod
 from bench.sim.profiles import get_profile
 from bench.sim.protocol import parse_completion
-from bench.sim.tokenizer import VOCAB_SIZE
+from epp.tokenization.simulated import VOCAB_SIZE
 from tests.test_sim_support import sse_json
 
 MAX_LEN = 64

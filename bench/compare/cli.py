@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import signal
 import sys
@@ -16,6 +15,8 @@ import httpx
 from pydantic import ValidationError
 from rich.console import Console
 
+from bench.compare.matrix_cli import add_run_arguments, parse_endpoint_urls, run_matrix_command
+from bench.compare.provenance import machine_info
 from bench.compare.report import rich_table, rows_of, write_reports
 from bench.compare.runner import CompareSpec, VariantResult, run_comparison
 from bench.compare.variants import DEFAULT_STRATEGIES, DIRECT, build_variants, parse_strategy_list
@@ -23,7 +24,6 @@ from bench.multi_round_qa import BenchConfig
 from bench.multi_round_qa.args import add_workload_arguments, workload_fields
 from bench.peers import available_peers
 from bench.sim.profiles import PROFILES, get_profile
-from epp.config.endpoints import parse_address
 from epp.config.errors import ConfigError
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
@@ -66,7 +66,8 @@ def add_compare_arguments(
         "--strategies",
         default=",".join(strategies),
         help=f"Comma-separated gateway strategies, in run order (default %(default)s); {DIRECT} sends to "
-        "the pods in turn from the client, without any router",
+        "the pods in turn from the client, without any router; PRECISE is the precise prefix scorer over the "
+        "pods' KV events; NAME@N runs `epp gateway --workers N`",
     )
     p.add_argument(
         "--config",
@@ -89,37 +90,20 @@ def add_compare_arguments(
     )
     p.add_argument("--model", help="Model sent in requests (default: the profile's model)")
     p.add_argument(
-        "--time-scale", type=float, default=2.0, help="Simulated s per wall s (default %(default)s)"
+        "--time-scale",
+        type=float,
+        help="Simulated s per wall s (default 2 on the simulator, 1 with --endpoints: real time)",
     )
     p.add_argument("--seed", type=int, default=0, help="Seed of the simulator, gateway and prompts")
     p.add_argument(
         "--output-dir", type=Path, help=f"Where results go (default {RESULTS_DIR}/{results_prefix}-<time>)"
     )
-
-
-def machine_info() -> dict[str, Any]:
-    """nproc, the CPU model from /proc/cpuinfo and the load averages now."""
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": model, "loadavg": [round(x, 2) for x in os.getloadavg()]}
-
-
-def parse_endpoint_urls(text: str) -> list[str]:
-    """`host:port,...` -> root URLs; ValueError when an address is malformed."""
-    urls = []
-    for part in (p.strip() for p in text.split(",")):
-        if part:
-            host, port = parse_address(part)
-            urls.append(f"http://{host}:{port}")
-    if not urls:
-        raise ValueError("--endpoints needs at least one host:port")
-    return urls
+    p.add_argument(
+        "--workload",
+        help="Run this named workload of `epp bench matrix` (docs/workloads.md) instead of the shape flags, "
+        "each variant --runs times with different seeds",
+    )
+    add_run_arguments(p)
 
 
 def _peer_names(wanted: bool, notes: list[str]) -> list[str]:
@@ -133,9 +117,11 @@ def _peer_names(wanted: bool, notes: list[str]) -> list[str]:
 
 def build_spec(args: argparse.Namespace, notes: list[str]) -> CompareSpec:
     """The comparison the flags describe; ValueError, ValidationError or ConfigError when invalid."""
-    if args.pods < 1 or args.time_scale <= 0:
-        raise ValueError("--pods must be at least 1 and --time-scale positive")
     endpoints = parse_endpoint_urls(args.endpoints) if args.endpoints else None
+    # Real pods run in real time: a scale other than 1 would stretch their TTFTs.
+    time_scale = args.time_scale or (1.0 if endpoints is not None else 2.0)
+    if args.pods < 1 or time_scale <= 0:
+        raise ValueError("--pods must be at least 1 and --time-scale positive")
     if endpoints is not None:
         if not args.model:
             raise ValueError("--model is required with --endpoints")
@@ -151,11 +137,11 @@ def build_spec(args: argparse.Namespace, notes: list[str]) -> CompareSpec:
         model=args.model or get_profile(args.profile).model,
         base_urls=(_PLACEHOLDER_URL,),
         seed=args.seed,
-        time_scale=args.time_scale,
+        time_scale=time_scale,
     )
     output_dir = args.output_dir or RESULTS_DIR / f"{args.results_prefix}-{datetime.now():%Y%m%d-%H%M%S}"
     return CompareSpec(
-        workload, variants, output_dir, args.pods, args.profile, args.time_scale, args.seed, endpoints
+        workload, variants, output_dir, args.pods, args.profile, time_scale, args.seed, endpoints
     )
 
 
@@ -218,6 +204,8 @@ def finish_report(
 
 
 def run_compare(args: argparse.Namespace, console: Console | None = None) -> int:
+    if getattr(args, "workload", None):
+        return run_matrix_command(args, args.workload, console)
     # Not a terminal (a log, CI): wide enough that the table does not wrap.
     console = console or Console(width=None if sys.stdout.isatty() else 180)
     notes: list[str] = []

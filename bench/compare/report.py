@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from rich.table import Table
 
+from bench.compare.picker_metrics import Prediction
 from bench.compare.pod_metrics import PodCounters, hit_rate, request_shares
 from bench.compare.runner import VariantResult
 from bench.compare.variants import baseline_name
@@ -31,7 +32,11 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True)
 class Row:
-    """One variant's figures. Times are simulated seconds; hit rate is None when no pod was queried."""
+    """One variant's figures. Times are simulated seconds; hit rate is None when no pod was queried.
+
+    `predicted_hit` is the picker's mean predicted prefix ratio per request (summed over its workers), None
+    without a prefix scorer or a gateway; `predicted_requests` how many requests it is the mean of.
+    """
 
     name: str
     kind: str
@@ -46,10 +51,19 @@ class Row:
     hit_rate: float | None
     pod_requests: tuple[float, ...]
     pod_shares: tuple[float, ...]
+    predicted_hit: float | None = None
+    predicted_requests: float = 0.0
 
 
-def make_row(name: str, kind: str, summary: Summary, pods: Sequence[PodCounters]) -> Row:
-    """A row from a multi-round QA Summary and the pods' counter changes over the run."""
+def make_row(
+    name: str,
+    kind: str,
+    summary: Summary,
+    pods: Sequence[PodCounters],
+    prediction: Prediction | None = None,
+) -> Row:
+    """A row from a multi-round QA Summary, the pods' counter changes and the picker's predictions over
+    the run."""
     return Row(
         name=name,
         kind=kind,
@@ -64,11 +78,15 @@ def make_row(name: str, kind: str, summary: Summary, pods: Sequence[PodCounters]
         hit_rate=hit_rate(pods),
         pod_requests=tuple(p.requests for p in pods),
         pod_shares=tuple(request_shares(pods)),
+        predicted_hit=None if prediction is None else prediction.mean,
+        predicted_requests=0.0 if prediction is None else prediction.count,
     )
 
 
 def rows_of(results: Sequence[VariantResult]) -> list[Row]:
-    return [make_row(r.variant.name, r.variant.kind.value, r.bench.summary, r.pods) for r in results]
+    return [
+        make_row(r.variant.name, r.variant.kind.value, r.bench.summary, r.pods, r.prediction) for r in results
+    ]
 
 
 def ratio(value: float, base: float, lower_is_better: bool) -> float:
@@ -110,11 +128,23 @@ def _hit(row: Row) -> str:
     return "n/a" if row.hit_rate is None else f"{row.hit_rate * 100:.1f}%"
 
 
+def _predicted(row: Row) -> str:
+    return "n/a" if row.predicted_hit is None else f"{row.predicted_hit * 100:.1f}%"
+
+
 def table_cells(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     """Header and body cells: each metric with its ×factor vs the baseline (×2 = twice as good)."""
     baseline = baseline_name([r.name for r in rows])
     factors = ratios(rows, baseline)
-    header = ["variant", "ok", "failed", *(label for _, label in COLUMNS), "prefix hit", "pod share %"]
+    header = [
+        "variant",
+        "ok",
+        "failed",
+        *(label for _, label in COLUMNS),
+        "prefix hit",
+        "predicted hit",
+        "pod share %",
+    ]
     body = [
         [
             row.name,
@@ -122,6 +152,7 @@ def table_cells(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
             str(row.failed),
             *(_cell(row, m, factors[row.name][m], row.name == baseline) for m, _ in COLUMNS),
             _hit(row),
+            _predicted(row),
             _shares(row),
         ]
         for row in rows
@@ -134,6 +165,7 @@ def ratio_caption(rows: Sequence[Row]) -> str:
     return (
         f"(×N) = N times better than {baseline}: its TTFT divided by this one's, or this throughput divided "
         f"by its. TTFT in simulated seconds; prefix hit = cached / queried prompt tokens over all pods; "
+        f"predicted hit = the picker's mean predicted prefix ratio per request (all workers); "
         f"pod share = finished requests per pod."
     )
 
@@ -155,14 +187,14 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines) + "\n\n" + ratio_caption(rows) + "\n"
 
 
-def _finite(value: Any) -> Any:
-    """NaN -> None, so the JSON is standard."""
-    if isinstance(value, float) and math.isnan(value):
+def finite(value: Any) -> Any:
+    """NaN and infinities -> None, so the JSON is standard."""
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 
@@ -171,7 +203,7 @@ def report_document(rows: Sequence[Row], context: dict[str, Any]) -> dict[str, A
     baseline = baseline_name([r.name for r in rows])
     factors = ratios(rows, baseline)
     variants = [{**asdict(row), "vs_baseline": factors[row.name]} for row in rows]
-    document: dict[str, Any] = _finite({**context, "baseline": baseline, "variants": variants})
+    document: dict[str, Any] = finite({**context, "baseline": baseline, "variants": variants})
     return document
 
 

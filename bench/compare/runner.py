@@ -11,7 +11,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.compare.frontends import open_frontend
+from bench.compare.frontends import fleet_kv_args, prediction_change, scrape_prediction, start_frontend
+from bench.compare.picker_metrics import Prediction
 from bench.compare.pod_metrics import PodCounters, deltas, scrape_pods
 from bench.compare.variants import Variant
 from bench.multi_round_qa import BenchConfig, BenchResult, run_benchmark
@@ -45,16 +46,18 @@ class VariantResult:
     pods: list[PodCounters]
     csv: Path
     wall_seconds: float
+    prediction: Prediction | None = None
 
 
 @contextlib.contextmanager
-def pod_fleet(spec: CompareSpec) -> Iterator[list[str]]:
-    """The given endpoints, or a fresh `epp sim` fleet on free ports; yields the pods' root URLs."""
+def pod_fleet(spec: CompareSpec, variant: Variant) -> Iterator[list[str]]:
+    """The given endpoints, or a fresh `epp sim` fleet on free ports (publishing KV events when the variant
+    follows them); yields the pods' root URLs."""
     if spec.endpoints is not None:
         yield list(spec.endpoints)
         return
     args = ["--pods", str(spec.pods), "--base-port", "0", "--profile", spec.profile]
-    args += ["--time-scale", str(spec.time_scale), "--seed", str(spec.seed)]
+    args += ["--time-scale", str(spec.time_scale), "--seed", str(spec.seed), *fleet_kv_args(variant)]
     with SimProcess(args) as sim:
         yield list(sim.urls)
 
@@ -62,14 +65,15 @@ def pod_fleet(spec: CompareSpec) -> Iterator[list[str]]:
 def run_variant(spec: CompareSpec, variant: Variant, console: Console) -> VariantResult:
     """Start the fleet and the variant's front end, run the workload through it, scrape the pods."""
     csv = spec.output_dir / f"{variant.slug}.csv"
-    with pod_fleet(spec) as pod_urls, open_frontend(variant, pod_urls, spec.seed) as base_urls:
-        before = scrape_pods(pod_urls)
-        cfg = spec.workload.model_copy(update={"base_urls": tuple(base_urls), "output": csv})
+    with pod_fleet(spec, variant) as pod_urls, start_frontend(variant, pod_urls, spec.seed) as frontend:
+        before, predicted_before = scrape_pods(pod_urls), scrape_prediction(frontend)
+        cfg = spec.workload.model_copy(update={"base_urls": tuple(frontend.base_urls), "output": csv})
         started = time.perf_counter()
         bench = asyncio.run(run_benchmark(cfg, console=console))
         wall = time.perf_counter() - started
-        after = scrape_pods(pod_urls)
-    return VariantResult(variant, bench, deltas(before, after), csv, wall)
+        after, predicted_after = scrape_pods(pod_urls), scrape_prediction(frontend)
+    prediction = prediction_change(predicted_before, predicted_after)
+    return VariantResult(variant, bench, deltas(before, after), csv, wall, prediction)
 
 
 def run_comparison(

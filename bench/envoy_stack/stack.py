@@ -25,6 +25,7 @@ from bench.envoy_stack.processes import Child, StackError, find_envoy_binary
 from epp import limits
 from epp.envoy_gateway.config import EnvoyConfigOptions, ResolvedPool, render_yaml
 from epp.envoy_gateway.config import resolve_pool as resolve_pool_config
+from epp.envoy_gateway.replicas import ExtProcReplica
 from epp.routes import AllowedRoutes
 from epp.traffic.resolve import parse_overrides
 
@@ -63,6 +64,10 @@ class StackOptions:
     message_timeout_s: float = 5.0  # Envoy's wait for one ext_proc answer
     resolve: Sequence[str] = ()  # provider overrides "host:port=addr:port" (curl --resolve style)
     upstream_ca_file: str | None = None  # CA bundle for providers without their own caFile
+    # `epp serve` processes behind Envoy's ext_proc cluster (epp/envoy_gateway/replicas.py); with more than
+    # one, each takes free ports (grpc_port is then ignored) and Envoy health-checks their /readyz.
+    replicas: int = 1
+    health_check_interval_s: float = 1.0
 
 
 def resolve_pool(options: StackOptions) -> ResolvedPool:
@@ -82,7 +87,9 @@ class EnvoyStack:
             opts = StackOptions(**{**opts.__dict__, "endpoints": text})
         self.options = opts
         self.pool = ResolvedPool([], False)
-        self.epp: Child | None = None
+        self.epp: Child | None = None  # the first replica
+        self.epps: list[Child] = []  # every replica, in order
+        self.replica_ports: list[tuple[int, int]] = []  # (ext_proc gRPC, HTTP) per replica
         self.envoy: Child | None = None
         self.grpc_port = 0
         self.epp_http_port = 0
@@ -96,8 +103,13 @@ class EnvoyStack:
 
     @property
     def epp_url(self) -> str:
-        """epp serve's HTTP side (/metrics, /readyz, /pick)."""
+        """epp serve's HTTP side (/metrics, /readyz, /pick); the first replica's."""
         return f"http://127.0.0.1:{self.epp_http_port}"
+
+    @property
+    def epp_urls(self) -> list[str]:
+        """Every replica's HTTP side, in order."""
+        return [f"http://127.0.0.1:{http}" for _, http in self.replica_ports]
 
     def start(self) -> None:
         self.pool = resolve_pool(self.options)
@@ -113,9 +125,26 @@ class EnvoyStack:
             raise
 
     def _start_epp(self, deadline: float) -> None:
+        count = self.options.replicas
+        for index in range(count):
+            name, log = (
+                ("epp serve", "epp-serve.log") if count == 1 else (f"epp serve {index}", f"epp-{index}.log")
+            )
+            child = Child(name, self._serve_argv(count == 1), self._path(log), self._serve_env())
+            self.epps.append(child)
+        for child in self.epps:  # started together, waited for in turn
+            found = child.wait_for_log(_SERVE_READY, deadline)
+            self.replica_ports.append((int(found.group(1)), int(found.group(2))))
+        self.epp = self.epps[0]
+        self.grpc_port, self.epp_http_port = self.replica_ports[0]
+
+    def _serve_env(self) -> dict[str, str]:
+        return {**os.environ, **self.options.serve_env, "PYTHONUNBUFFERED": "1"}
+
+    def _serve_argv(self, fixed_port: bool) -> list[str]:
         opts = self.options
         argv = [sys.executable, "-m", "epp.cli", "serve", "--host", "127.0.0.1"]
-        argv += ["--grpc-port", str(opts.grpc_port), "--http-port", "0"]
+        argv += ["--grpc-port", str(opts.grpc_port if fixed_port else 0), "--http-port", "0"]
         argv += ["--fallback-endpoints", str(opts.fallback_endpoints)]
         argv += ["--max-body-bytes", str(opts.max_body_bytes)]
         for path in opts.config_paths:
@@ -125,10 +154,7 @@ class EnvoyStack:
         if opts.strategy:
             argv += ["--strategy", opts.strategy]
         argv += list(opts.serve_args)
-        env = {**os.environ, **opts.serve_env, "PYTHONUNBUFFERED": "1"}
-        self.epp = Child("epp serve", argv, self._path("epp-serve.log"), env)
-        found = self.epp.wait_for_log(_SERVE_READY, deadline)
-        self.grpc_port, self.epp_http_port = int(found.group(1)), int(found.group(2))
+        return argv
 
     def _start_envoy(self, deadline: float) -> None:
         opts = self.options
@@ -152,6 +178,12 @@ class EnvoyStack:
             traffic=self.pool.traffic,
             resolve=parse_overrides(opts.resolve),
             upstream_ca_file=opts.upstream_ca_file,
+            extproc_replicas=tuple(
+                ExtProcReplica("127.0.0.1", grpc, http) for grpc, http in self.replica_ports
+            )
+            if opts.replicas > 1
+            else (),
+            health_check_interval_s=opts.health_check_interval_s,
         )
         config_path = self._path("envoy.yaml")
         config_path.write_text(render_yaml(config), "utf-8")
@@ -188,16 +220,19 @@ class EnvoyStack:
         self.port = int(address["port_value"])
 
     def _wait_epp_ready(self, deadline: float) -> None:
-        assert self.epp is not None
+        for child, url in zip(self.epps, self.epp_urls, strict=True):
+            self._wait_ready(child, url, deadline)
+
+    def _wait_ready(self, child: Child, url: str, deadline: float) -> None:
         with httpx.Client(trust_env=False, timeout=2.0) as client:
             while True:
                 try:
-                    if client.get(f"{self.epp_url}/readyz").status_code == 200:
+                    if client.get(f"{url}/readyz").status_code == 200:
                         return
                 except httpx.TransportError:
                     pass
-                if not self.epp.alive():
-                    raise self.epp.failure("exited during startup")
+                if not child.alive():
+                    raise child.failure("exited during startup")
                 if time.monotonic() > deadline:
                     raise StackError(
                         f"no pod of {self.options.endpoints or 'the pool'} became schedulable in time"
@@ -210,14 +245,14 @@ class EnvoyStack:
 
     def failed_child(self) -> Child | None:
         """The first process of the stack that is no longer running, if any."""
-        for child in (self.epp, self.envoy):
+        for child in (*self.epps, self.envoy):
             if child is not None and not child.alive():
                 return child
         return None
 
     def stop(self) -> None:
         """Stop Envoy first (no new requests reach epp), then epp."""
-        for child in (self.envoy, self.epp):
+        for child in (self.envoy, *self.epps):
             if child is not None:
                 child.stop()
         if self._dir is not None:

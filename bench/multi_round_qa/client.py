@@ -75,7 +75,7 @@ class ChatClient:
 
     def _request(self, order: LaunchOrder) -> tuple[dict[str, Any], dict[str, str]]:
         body: dict[str, Any] = {
-            "model": self._model,
+            "model": order.model or self._model,
             "messages": order.messages,
             "max_tokens": order.max_tokens,
             "temperature": 0,

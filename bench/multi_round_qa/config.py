@@ -31,6 +31,10 @@ class BenchConfig(BaseModel):
     api_key: str = Field(default="EMPTY", repr=False)
     request_timeout: float = Field(default=600.0, gt=0, description="Wall seconds per connect or chunk wait")
     show_progress: bool = True
+    # Opens every prompt, so runs with different salts share no prefix (pods that cannot reset their caches).
+    salt: str = ""
+    # LoRA adapters the users send as `model`, user u the (u mod n)-th; empty: every user sends `model`.
+    lora_adapters: tuple[str, ...] = ()
 
     @field_validator("base_urls")
     @classmethod

@@ -78,6 +78,8 @@ _WORDS = (
     "yak",
     "zoo",
 )
+# Public: other generators (bench.workloads) build their texts from the same one-token words.
+WORDS = _WORDS
 
 
 class ChatMessage(TypedDict):

@@ -30,6 +30,7 @@ class LaunchOrder:
     round: int
     messages: list[ChatMessage]
     max_tokens: int
+    model: str | None = None  # None: the client's model
 
 
 class UserSession:
@@ -53,6 +54,8 @@ class UserSession:
         self.last_request_time = last_request_time
         self.in_flight = False
         self.failed = False
+        adapters = cfg.lora_adapters
+        self.model = adapters[user_id % len(adapters)] if adapters else None
 
     @property
     def finished(self) -> bool:
@@ -72,7 +75,7 @@ class UserSession:
         self.rounds_done = round_number
         self.last_request_time = now
         self.in_flight = True
-        return LaunchOrder(self.user_id, round_number, self.conversation.messages, max_tokens)
+        return LaunchOrder(self.user_id, round_number, self.conversation.messages, max_tokens, self.model)
 
     def on_answer(self, text: str) -> None:
         """The round's answer came back: it joins the history the next round sends."""
@@ -91,7 +94,9 @@ class SessionManager:
     def __init__(self, cfg: BenchConfig, sharegpt: list[ShareGPTConversation] | None) -> None:
         self._cfg = cfg
         self._sharegpt = sharegpt
-        self._system_prompt = shared_system_prompt(cfg.shared_system_prompt, cfg.seed)
+        system = shared_system_prompt(cfg.shared_system_prompt, cfg.seed)
+        # The salt goes first in whatever the prompt opens with, so salted runs share no block.
+        self._system_prompt = cfg.salt + system if system else ""
         self._join_gap = user_join_gap(cfg.num_rounds, cfg.qps)
         self._next_user_id = cfg.init_user_id
         self._last_join: float | None = None
@@ -102,6 +107,8 @@ class SessionManager:
         user_id = self._next_user_id
         self._next_user_id += 1
         context = user_history_prompt(user_id, self._cfg.user_history_prompt, self._cfg.seed)
+        if not self._system_prompt:
+            context = self._cfg.salt + context
         conversation = Conversation(self._system_prompt, context)
         sharegpt = None if self._sharegpt is None else self._sharegpt[user_id % len(self._sharegpt)]
         session = UserSession(user_id, conversation, self._cfg, sharegpt, rounds_done, last_request_time)

@@ -4,6 +4,8 @@
 - `epp-gateway`: `epp gateway` (gateway/), one Python process.
 - `envoy-epp`: Envoy with epp serve as its ext_proc endpoint picker (epp/envoy_gateway EnvoyStack).
 - `envoy-alone`: the same Envoy config without the ext_proc filter (Envoy's least request): Envoy's share.
+- `epp-gateway-workers-2`, `envoy-epp-replicas-2`: `epp gateway --workers 2`, Envoy over two epp serve
+  replicas (docs/replicas.md); only when named in --targets.
 - `sglang-router:POLICY`, `vllm-router:POLICY`: the Rust peer routers (bench/peers.py).
 """
 
@@ -38,17 +40,18 @@ def direct(urls: list[str]) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def epp_gateway(urls: list[str], strategy: str = "PREFIX_CACHE") -> Iterator[str]:
+def epp_gateway(urls: list[str], strategy: str = "PREFIX_CACHE", workers: int = 1) -> Iterator[str]:
     """`epp gateway` over the pods (bench/compare's GatewayProcess), stopped on exit."""
     args = ["--endpoints", ",".join(_hostports(urls)), "--strategy", strategy, "--log-level", "WARNING"]
+    args += ["--workers", str(workers)]
     with GatewayProcess(args) as gateway:
         yield gateway.base_url
 
 
 @contextlib.contextmanager
-def envoy_epp(urls: list[str], strategy: str = "PREFIX_CACHE") -> Iterator[str]:
+def envoy_epp(urls: list[str], strategy: str = "PREFIX_CACHE", replicas: int = 1) -> Iterator[str]:
     """Envoy in front of the pods, asking `epp serve` (ext_proc) for the destination of each request."""
-    with EnvoyStack(_hostports(urls), StackOptions(strategy=strategy)) as stack:
+    with EnvoyStack(_hostports(urls), StackOptions(strategy=strategy, replicas=replicas)) as stack:
         yield stack.base_url
 
 
@@ -68,6 +71,8 @@ def all_targets(strategy: str = "PREFIX_CACHE") -> dict[str, Target]:
         "epp-gateway": Target("epp-gateway", lambda urls: epp_gateway(urls, strategy)),
         "envoy-epp": Target("envoy-epp", lambda urls: envoy_epp(urls, strategy)),
         "envoy-alone": Target("envoy-alone", envoy_alone),
+        "epp-gateway-workers-2": Target("epp-gateway-workers-2", lambda urls: epp_gateway(urls, strategy, 2)),
+        "envoy-epp-replicas-2": Target("envoy-epp-replicas-2", lambda urls: envoy_epp(urls, strategy, 2)),
     }
     for kind in PEER_KINDS:
         for policy in POLICIES:
@@ -82,5 +87,9 @@ def default_target_names() -> list[str]:
     return [
         name
         for name in all_targets()
-        if name.split(":")[0] not in PEER_KINDS or name.split(":")[0] in installed
+        if name not in _ON_REQUEST
+        and (name.split(":")[0] not in PEER_KINDS or name.split(":")[0] in installed)
     ]
+
+
+_ON_REQUEST = frozenset({"epp-gateway-workers-2", "envoy-epp-replicas-2"})  # not in the default run

@@ -49,6 +49,31 @@ async def _send_empty(send: Send) -> None:
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+def tokenize_answer(pod: SimPod, raw: bytes) -> dict[str, Any]:
+    """vLLM's `POST /tokenize`: `{"model", "prompt"}` or `{"model", "messages"}` -> the pod's prompt ids.
+
+    A chat is rendered as `/v1/chat/completions` renders it (with the assistant's generation prompt), so the
+    ids are exactly those the pod would hash for the same body.
+    """
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object.")
+    model = body.get("model")
+    pod.resolve_model(model if isinstance(model, str) else None)
+    if "messages" in body:
+        text = parse_chat(raw).prompt_text or ""
+    else:
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            raise ApiError(400, "prompt must be a string.", "prompt")
+        text = prompt
+    ids = pod.prompt_tokenizer.text_ids(text)
+    return {"count": len(ids), "max_model_len": pod.profile.max_model_len, "tokens": ids, "token_strs": None}
+
+
 def _permission(created: int) -> dict[str, Any]:
     """vLLM's ModelPermission with its defaults."""
     return {
@@ -180,9 +205,11 @@ class PodApp:
             await send_response(send, 200, orjson.dumps(self._models()))
         elif path == "/kv_event_sources":
             _require(method, "GET")
-            host = scope["server"][0] if scope.get("server") else "127.0.0.1"
-            sources = [] if pod.kv_events is None else pod.kv_events.sources(host)
+            sources = {} if pod.kv_events is None else pod.kv_events.sources()
             await send_response(send, 200, orjson.dumps(sources))
+        elif path == "/tokenize":
+            _require(method, "POST")
+            await send_response(send, 200, orjson.dumps(tokenize_answer(pod, await read_body(receive))))
         elif path == "/reset_prefix_cache":
             _require(method, "POST")
             await read_body(receive)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-from bench.sim.kv_cache import BlockPool, CacheEvent, block_hashes, extend_block_hashes
+from bench.sim.kv_cache import BlockPool, CacheEvent, block_hashes, extend_block_hashes, hash_extra_key
 from bench.sim.profiles import SimProfile
 
 
@@ -28,6 +28,7 @@ class SimRequest:
     arrival: float
     lora: str | None = None
     stop_after: int | None = None  # the "model" emits EOS after this many tokens (finish_reason "stop")
+    cache_salt: str | None = None  # vLLM's: keys the first block's hash, so no cache is shared across salts
     # Token id of the i-th generated token (the pod passes its tokenizer's id of the text it streams), so
     # decode blocks hash like the next round's prompt. None: a deterministic id per request and index.
     output_token: Callable[[int], int] | None = None
@@ -123,7 +124,8 @@ class EngineCore:
     def add_request(self, req: SimRequest) -> None:
         """Queue a request; its block hashes are computed once, here."""
         if not req.hashes:
-            req.hashes = block_hashes(req.prompt_ids, self.profile.block_size, req.lora or "")
+            extra = hash_extra_key(req.lora, req.cache_salt)
+            req.hashes = block_hashes(req.prompt_ids, self.profile.block_size, extra)
         self.waiting.append(req)
 
     def abort(self, req: SimRequest) -> None:
@@ -280,11 +282,13 @@ class EngineCore:
             req.num_computed += num_new
             full = req.num_computed // size
             if full > len(req.hashes):  # decode blocks: vLLM caches generated tokens once a block is full
-                extend_block_hashes(req.hashes, self._tokens(req, full * size), size, req.lora or "")
+                extra = hash_extra_key(req.lora, req.cache_salt)
+                extend_block_hashes(req.hashes, self._tokens(req, full * size), size, extra)
             for i in range(req.num_registered, full):
                 parent = req.hashes[i - 1] if i else None
                 tokens = tuple(self._tokens(req, (i + 1) * size)[i * size :]) if self.pool.records else ()
-                self.pool.cache_block(req.blocks[i], req.hashes[i], parent, tokens, req.lora)
+                salt = req.cache_salt if i == 0 else None
+                self.pool.cache_block(req.blocks[i], req.hashes[i], parent, tokens, req.lora, salt)
             req.num_registered = max(req.num_registered, full)
             if req.num_computed < req.target:
                 continue  # a chunk of a longer prefill

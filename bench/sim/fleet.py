@@ -15,7 +15,7 @@ from bench.sim.app import PodApp
 from bench.sim.kv_events import KVEventPublisher, KVEventsConfig
 from bench.sim.pod import SimPod
 from bench.sim.profiles import get_profile, with_overrides
-from bench.sim.tokenizer import VOCAB_SIZE, Tokenizer
+from epp.tokenization.simulated import VOCAB_SIZE, Tokenizer
 
 
 @dataclass(frozen=True)

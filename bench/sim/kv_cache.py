@@ -34,6 +34,11 @@ def extend_block_hashes(
         hashes.append(parent)
 
 
+def hash_extra_key(lora: str | None, cache_salt: str | None = None) -> str:
+    """The extra key seeding a prompt's first block hash: the adapter and, like vLLM, the cache_salt."""
+    return lora or "" if cache_salt is None else f"{lora or ''}\x00salt\x00{cache_salt}"
+
+
 def block_hashes(token_ids: list[int], block_size: int, extra_key: str = "") -> list[int]:
     """Chained hashes of the full blocks of `token_ids` (the trailing partial block has none)."""
     hashes: list[int] = []
@@ -49,6 +54,9 @@ class Stored:
     parent_hash: int | None
     token_ids: tuple[int, ...]
     lora: str | None = None
+    cache_salt: str | None = (
+        None  # only on a prompt's first block, as vLLM puts it in that block's extra keys
+    )
 
 
 @dataclass(frozen=True)
@@ -149,13 +157,14 @@ class BlockPool:
         parent_hash: int | None = None,
         token_ids: tuple[int, ...] = (),
         lora: str | None = None,
+        cache_salt: str | None = None,
     ) -> None:
         """Make a just-filled block findable by its hash (a duplicate of a cached hash stays private)."""
         if self._hash[block] is None and block_hash not in self._cached:
             self._hash[block] = block_hash
             self._cached[block_hash] = block
             if self._record:
-                self._events.append(Stored(block_hash, parent_hash, token_ids, lora))
+                self._events.append(Stored(block_hash, parent_hash, token_ids, lora, cache_salt))
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached hash (vLLM's /reset_prefix_cache); False while any block is in use."""

@@ -96,7 +96,7 @@ def wire_events(events: list[CacheEvent], block_size: int, lora_ids: dict[str, i
             ):
                 prev["block_hashes"].append(ev.block_hash)
                 prev["token_ids"].extend(ev.token_ids)
-                prev["extra_keys"].append(None)
+                prev["extra_keys"].append(_extra_keys(ev))
             else:
                 out.append(
                     {
@@ -108,7 +108,7 @@ def wire_events(events: list[CacheEvent], block_size: int, lora_ids: dict[str, i
                         "lora_id": None if ev.lora is None else lora_ids.get(ev.lora),
                         "medium": MEDIUM,
                         "lora_name": ev.lora,
-                        "extra_keys": [None],
+                        "extra_keys": [_extra_keys(ev)],
                         "group_idx": 0,
                         "kv_cache_spec_kind": "full_attention",
                     }
@@ -123,6 +123,12 @@ def wire_events(events: list[CacheEvent], block_size: int, lora_ids: dict[str, i
         elif isinstance(ev, Cleared):
             out.append({"type": "AllBlocksCleared"})
     return out
+
+
+def _extra_keys(ev: Stored) -> list[str] | None:
+    """vLLM's per-block extra hash keys: the adapter name on every block, the cache_salt on the first."""
+    keys = ([ev.lora] if ev.lora else []) + ([ev.cache_salt] if ev.cache_salt else [])
+    return keys or None
 
 
 def encode_message(
@@ -207,17 +213,25 @@ class KVEventPublisher:
                     await sock.send_multipart([client, b"", topic, seq.to_bytes(8, "big"), payload])
             await sock.send_multipart([client, b"", b"", END_SEQ, b""])
 
-    def sources(self, host: str) -> list[dict[str, Any]]:
-        """The body of `GET /kv_event_sources`: one source (this pod is data-parallel rank 0)."""
+    def sources(self) -> dict[str, dict[str, Any]]:
+        """`GET /kv_event_sources` as vLLM 0.32 answers it: data-parallel rank -> its events config, the
+        endpoints as configured (a wildcard host stays: subscribers dial the pod's address), a port the
+        simulator picked itself (`*` or 0 in the config) filled in."""
         replay = self.replay_endpoint
-        return [
-            {
-                "data_parallel_rank": 0,
-                "endpoint": _reachable(self.endpoint, host) if binds(self.config.endpoint) else self.endpoint,
-                "replay_endpoint": None if replay is None else _reachable(replay, host),
+        return {
+            "0": {
+                "enable_kv_cache_events": True,
+                "publisher": "zmq",
+                "endpoint": _as_configured(self.config.endpoint, self.endpoint),
+                "replay_endpoint": None
+                if replay is None or self.config.replay_endpoint is None
+                else _as_configured(self.config.replay_endpoint, replay),
+                "buffer_steps": self.config.buffer_steps,
+                "hwm": self.config.hwm,
+                "max_queue_size": 100_000,
                 "topic": self.config.topic,
             }
-        ]
+        }
 
     async def close(self) -> None:
         """Stop serving replays and close the sockets."""
@@ -232,8 +246,12 @@ class KVEventPublisher:
         self._ctx.term()
 
 
-def _reachable(endpoint: str, host: str) -> str:
-    """A bound endpoint with its wildcard address replaced by the pod's host, so a subscriber can dial it."""
-    for wildcard in ("*", "0.0.0.0", "[::]"):
-        endpoint = endpoint.replace(f"//{wildcard}:", f"//{host}:")
-    return endpoint
+def _as_configured(configured: str, actual: str) -> str:
+    """`configured` as vLLM reports it, with the port the simulator picked when the config left it open.
+
+    A port `*` or 0 is the simulator's own extension, always bound: it is reported with a wildcard host, the
+    way vLLM reports every endpoint it binds (a plain host there would mean vLLM connects)."""
+    base, _, port = configured.rpartition(":")
+    if port not in ("*", "0") or not base.startswith("tcp://"):
+        return configured
+    return f"tcp://*:{actual.rpartition(':')[2]}"

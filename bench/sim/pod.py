@@ -18,7 +18,7 @@ from bench.sim.kv_events import KVEventPublisher
 from bench.sim.metrics import PodMetrics
 from bench.sim.profiles import SimProfile
 from bench.sim.protocol import ApiError, GenerationParams
-from bench.sim.tokenizer import Tokenizer
+from epp.tokenization.simulated import SimulatorTokenizer, Tokenizer
 
 _FILLER_TEXT = (
     "the of and to in is that for it as was with be by on not he this are or his from at which but have an "
@@ -83,6 +83,8 @@ class SimPod:
         self.seed = seed
         self.clock = SimClock(time_scale)
         self.tokenizer = tokenizer or Tokenizer()
+        # The picker's `simulator` tokenizer is this same object's logic: its ids are the pod's ids.
+        self.prompt_tokenizer = SimulatorTokenizer(self.tokenizer, profile.bos_token_id)
         self.fault = FaultState()
         self._ids = itertools.count()
         self._wake = asyncio.Event()
@@ -139,9 +141,7 @@ class SimPod:
                 if not 0 <= token < vocab:
                     raise ApiError(400, f"Token id {token} is out of vocabulary")
         else:
-            ids = self.tokenizer.encode(params.prompt_text or "")
-            if self.profile.bos_token_id is not None:
-                ids = [self.profile.bos_token_id, *ids]
+            ids = self.prompt_tokenizer.text_ids(params.prompt_text or "")
         if not ids:
             raise ApiError(400, "The decoder prompt cannot be empty")
         limit = self.profile.max_model_len
@@ -186,7 +186,15 @@ class SimPod:
                 max_tokens = min(16, room)  # vLLM's default for /v1/completions
         prefix = "chatcmpl" if params.chat else "cmpl"
         request_id = f"{prefix}-{uuid.uuid4().hex}"
-        req = SimRequest(request_id, ids, max_tokens, self.clock.now(), lora=lora, stop_after=stop_after)
+        req = SimRequest(
+            request_id,
+            ids,
+            max_tokens,
+            self.clock.now(),
+            lora=lora,
+            stop_after=stop_after,
+            cache_salt=params.cache_salt,
+        )
         stream = RequestStream(req, params, model, int(time.time()), key)
         # Generated tokens hash (decode blocks) like the streamed text re-tokenised in the next round.
         req.output_token = lambda i: self.tokenizer.encode(stream.token_text(i))[0]

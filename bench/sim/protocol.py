@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 
+from epp.tokenization.simulated import content_text, render_chat
+
 
 class ApiError(Exception):
     """A client error answered as `{"error": {...}}` with `status`."""
@@ -35,6 +37,7 @@ class GenerationParams:
     stream: bool
     include_usage: bool
     ignore_eos: bool
+    cache_salt: str | None = None
 
 
 def _load(raw: bytes) -> dict[str, Any]:
@@ -71,6 +74,9 @@ def _common(body: dict[str, Any], chat: bool) -> dict[str, Any]:
     n = body.get("n", 1)
     if n != 1:
         raise ApiError(400, "Only n=1 is supported by the simulator.", "n")
+    cache_salt = body.get("cache_salt")
+    if cache_salt is not None and (not isinstance(cache_salt, str) or not cache_salt):
+        raise ApiError(400, "Parameter 'cache_salt' must be a non-empty string if provided.", "cache_salt")
     max_tokens = _opt_positive_int(body, "max_tokens")
     if chat and max_tokens is None:
         max_tokens = _opt_positive_int(body, "max_completion_tokens")
@@ -80,6 +86,7 @@ def _common(body: dict[str, Any], chat: bool) -> dict[str, Any]:
         "include_usage": bool(options and options.get("include_usage")),
         "max_tokens": max_tokens,
         "ignore_eos": bool(body.get("ignore_eos", False)),
+        "cache_salt": cache_salt,
     }
 
 
@@ -101,28 +108,12 @@ def parse_completion(raw: bytes) -> GenerationParams:
 
 
 def _content_text(content: Any, index: int) -> str:
-    if isinstance(content, str):
-        return content
-    if content is None:
-        return ""
+    text = content_text(content)
+    if text is not None:
+        return text
     if isinstance(content, list):
-        parts = []
-        for part in content:
-            if (
-                not isinstance(part, dict)
-                or part.get("type") != "text"
-                or not isinstance(part.get("text"), str)
-            ):
-                raise ApiError(400, f"messages[{index}].content parts must be text parts.", "messages")
-            parts.append(part["text"])
-        return "".join(parts)
+        raise ApiError(400, f"messages[{index}].content parts must be text parts.", "messages")
     raise ApiError(400, f"messages[{index}].content must be a string or a list of parts.", "messages")
-
-
-def render_chat(messages: list[tuple[str, str]]) -> str:
-    """A ChatML-style template, so a conversation's next round starts with its previous rounds."""
-    turns = "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in messages)
-    return turns + "<|im_start|>assistant\n"
 
 
 def parse_chat(raw: bytes) -> GenerationParams:

@@ -10,12 +10,14 @@ from pathlib import Path
 
 from epp.config.cache import summary_lines
 from epp.config.errors import ConfigError, ConfigIssue, DocumentRef
+from epp.config.kv_events import effective_kv_events
 from epp.config.loader import load_config
 from epp.config.result import EppConfig
 from epp.config.routing_strategy import RoutingStrategy
 from epp.config.traffic.config import TrafficConfig
 from epp.config.traffic.policy import DEFAULT_CLIENT_PORT
 from epp.datastore import Datastore
+from epp.kv_events.precise_index import PreciseIndex
 from epp.scheduling.builder import build_scheduler
 from epp.scheduling.plugins import PluginConfigError
 from scorers.builtin import default_registry
@@ -46,8 +48,12 @@ def run_check(args: argparse.Namespace) -> int:
 def check_scheduler(config: EppConfig) -> None:
     """Build the scheduler as `epp serve` and `epp gateway` do (epp.core.PickerCore), so that a config they
     reject (unknown plugin type, bad parameters, a profile without a picker) fails here the same way."""
+    picker = config.picker_config
+    kv_index = None
+    if effective_kv_events(picker.kv_events, [p.type for p in picker.plugins]) is not None:
+        kv_index = PreciseIndex()  # as PickerCore: one per pool when KV events are followed
     try:
-        build_scheduler(config.picker_config, Datastore(), default_registry(), random.Random())
+        build_scheduler(picker, Datastore(), default_registry(), random.Random(), kv_index=kv_index)
     except PluginConfigError as exc:
         where = ", ".join(str(s) for s in config.sources) or "--strategy"
         issue = ConfigIssue(DocumentRef(where, kind="EndpointPickerConfig"), str(exc))

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from epp.config.kv_events import KVEventsSpec
 from epp.config.numbers import FiniteFloat
 from epp.health.outlier_settings import OutlierDetectionSpec
 
@@ -64,6 +65,9 @@ class EndpointPickerConfig(BaseModel):
     )
     # Istio's field names (epp.health.outlier_settings); None: the pool's annotations, else the defaults.
     outlier_detection: OutlierDetectionSpec | None = Field(default=None, alias="outlierDetection")
+    # Where the pods' vLLM KV events come from (epp.config.kv_events); None: not followed unless a
+    # precise-prefix-cache-scorer is configured (then discovered from /kv_event_sources).
+    kv_events: KVEventsSpec | None = Field(default=None, alias="kvEvents")
 
     @model_validator(mode="after")
     def _refs_resolve(self) -> EndpointPickerConfig:

@@ -20,6 +20,7 @@ class RoutingStrategy(Enum):
     """Values of the InferencePool routing-strategy annotation."""
 
     PREFIX_CACHE = "PREFIX_CACHE"
+    PREFIX_TOKENS = "PREFIX_TOKENS"  # prefix affinity bounded by estimated wait in tokens (learned rates)
     LEAST_REQUEST = "LEAST_REQUEST"
     ROUND_ROBIN = "ROUND_ROBIN"
     RANDOM = "RANDOM"

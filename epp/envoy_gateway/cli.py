@@ -134,6 +134,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--concurrency", type=positive_int, default=None, help="Envoy worker threads (default: per core)"
     )
     up.add_argument("--envoy-log-level", default="warning", help="Envoy's --log-level (default warning)")
+    up.add_argument(
+        "--replicas",
+        type=positive_int,
+        default=1,
+        help="epp serve processes behind Envoy's health-checked ext_proc cluster, each on free ports "
+        "(--grpc-port then unused; default 1)",
+    )
     up.set_defaults(func=run_up)
 
     config = sub.add_parser(
@@ -147,13 +154,34 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     config.add_argument(
         "--admin-port", type=port, default=9901, help="Envoy admin port on 127.0.0.1 (default 9901)"
     )
+    config.add_argument(
+        "--epp",
+        action="append",
+        default=[],
+        metavar="IP:GRPC_PORT[/HTTP_PORT]",
+        help="an epp serve replica; repeat for several (instead of --grpc-host/--grpc-port): Envoy balances "
+        "ext_proc streams over them, health-checks /readyz on HTTP_PORT (else a TCP connect) and sends "
+        "each its own access log (docs/replicas.md)",
+    )
+    config.add_argument(
+        "--health-check-interval",
+        type=positive_seconds,
+        default=1.0,
+        help="with --epp: seconds between health checks of each replica (default 1)",
+    )
     config.set_defaults(func=run_config)
 
 
 def run_config(args: argparse.Namespace) -> int:
     from epp.config import ConfigError
     from epp.envoy_gateway.config import EnvoyConfigOptions, render_yaml, resolve_pool
+    from epp.envoy_gateway.replicas import ReplicaError, parse_replica
 
+    try:
+        replicas = tuple(parse_replica(text) for text in args.epp)
+    except ReplicaError as exc:
+        print(f"epp envoy config: {exc}", file=sys.stderr)
+        return 2
     try:
         pool = resolve_pool(args.config, args.endpoints, None, args.fail_open)
         text = render_yaml(
@@ -171,6 +199,8 @@ def run_config(args: argparse.Namespace) -> int:
                 traffic=pool.traffic,
                 resolve=_resolve(args.resolve),
                 upstream_ca_file=args.upstream_ca_file,
+                extproc_replicas=replicas,
+                health_check_interval_s=args.health_check_interval,
             )
         )
     except (ConfigError, EnvoyConfigError) as exc:
@@ -200,6 +230,7 @@ def run_up(args: argparse.Namespace) -> int:
         envoy_log_level=args.envoy_log_level,
         resolve=tuple(args.resolve),
         upstream_ca_file=args.upstream_ca_file,
+        replicas=args.replicas,
     )
     stop = threading.Event()
 
@@ -218,7 +249,8 @@ def run_up(args: argparse.Namespace) -> int:
             print(f"epp envoy up: {exc}", file=sys.stderr)
             return 1
         print(f"epp envoy listening on {stack.base_url}", flush=True)
-        print(f"epp (metrics, /pick) on {stack.epp_url}, envoy admin on {stack.admin_url}", file=sys.stderr)
+        epps = ", ".join(stack.epp_urls)
+        print(f"epp (metrics, /pick) on {epps}, envoy admin on {stack.admin_url}", file=sys.stderr)
         while not stop.wait(0.2):
             failed = stack.failed_child()
             if failed is not None:

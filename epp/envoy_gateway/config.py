@@ -25,7 +25,7 @@ from epp import limits
 from epp.cache.types import CACHE_HEADER
 from epp.config import load_config, parse_endpoints
 from epp.config.traffic.config import TrafficConfig
-from epp.envoy_gateway import clusters, replies, traffic
+from epp.envoy_gateway import clusters, replicas, replies, traffic
 from epp.envoy_gateway.clusters import seconds, socket
 from epp.envoy_gateway.vhost import render_routes
 from epp.routes import AllowedRoutes
@@ -78,6 +78,9 @@ class EnvoyConfigOptions:
     traffic: TrafficConfig | None = None
     resolve: dict[Address, Address] = field(default_factory=dict)  # provider host:port -> addr:port
     upstream_ca_file: str | None = None  # CA bundle for providers without their own caFile
+    # Several `epp serve` replicas (replicas.py); empty: the one at extproc_host:extproc_port.
+    extproc_replicas: tuple[replicas.ExtProcReplica, ...] = ()
+    health_check_interval_s: float = 1.0  # the replicas' health checks
 
 
 @dataclass(frozen=True)
@@ -148,17 +151,18 @@ def _check(options: EnvoyConfigOptions) -> None:
 
 
 def _extproc_filter(options: EnvoyConfigOptions) -> dict[str, Any]:
+    grpc_service: dict[str, Any] = {
+        "envoy_grpc": {
+            "cluster_name": EXTPROC_CLUSTER,
+            # A rewritten body comes back whole in one message (gRPC's default cap is 4 MiB).
+            "max_receive_message_length": options.max_body_bytes + _GRPC_HEADROOM,
+        }
+    }
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
             "@type": _T + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
-            "grpc_service": {
-                "envoy_grpc": {
-                    "cluster_name": EXTPROC_CLUSTER,
-                    # A rewritten body comes back whole in one message (gRPC's default cap is 4 MiB).
-                    "max_receive_message_length": options.max_body_bytes + _GRPC_HEADROOM,
-                }
-            },
+            "grpc_service": grpc_service,
             "failure_mode_allow": options.fail_open,
             "status_on_error": {"code": EXTPROC_ERROR_STATUS},
             "message_timeout": seconds(options.message_timeout_s),
@@ -182,7 +186,15 @@ def _extproc_filter(options: EnvoyConfigOptions) -> dict[str, Any]:
     }
 
 
-def _access_log(options: EnvoyConfigOptions) -> dict[str, Any]:
+def _access_logs(options: EnvoyConfigOptions) -> list[dict[str, Any]]:
+    """One access log per epp replica: each must hear the outcome of the requests it routed."""
+    if not options.extproc_replicas:
+        return [_access_log(options, EXTPROC_CLUSTER)]
+    names = replicas.access_log_cluster_names(len(options.extproc_replicas))
+    return [_access_log(options, name) for name in names]
+
+
+def _access_log(options: EnvoyConfigOptions, cluster: str) -> dict[str, Any]:
     """Every request's outcome (status, the pod that served) streamed to epp's AccessLogService, on the
     ext_proc port, many entries to a message: outlier detection and the prefix index learn from it."""
     return {
@@ -192,7 +204,7 @@ def _access_log(options: EnvoyConfigOptions) -> dict[str, Any]:
             "common_config": {
                 "log_name": "epp",
                 "transport_api_version": "V3",
-                "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
+                "grpc_service": {"envoy_grpc": {"cluster_name": cluster}},
                 "buffer_flush_interval": seconds(options.access_log_flush_s),
             },
         },
@@ -267,7 +279,7 @@ def _listener(options: EnvoyConfigOptions) -> dict[str, Any]:
             },
         ],
         "local_reply_config": replies.local_reply_config(options.max_body_bytes),
-        "access_log": [_access_log(options)],
+        "access_log": _access_logs(options),
     }
     if options.traffic is not None:
         hcm["early_header_mutation_extensions"] = traffic.early_header_mutations()
@@ -307,9 +319,7 @@ def render_config(options: EnvoyConfigOptions) -> dict[str, Any]:
             "listeners": [_listener(options)],
             "clusters": [
                 clusters.pool_cluster(POOL_CLUSTER, options.endpoints, options.connect_timeout_s),
-                clusters.extproc_cluster(
-                    EXTPROC_CLUSTER, (options.extproc_host, options.extproc_port), options.connect_timeout_s
-                ),
+                *_extproc_clusters(options),
                 *(
                     traffic.render_clusters(options.traffic, _traffic_options(options))
                     if options.traffic
@@ -318,6 +328,19 @@ def render_config(options: EnvoyConfigOptions) -> dict[str, Any]:
             ],
         },
     }
+
+
+def _extproc_clusters(options: EnvoyConfigOptions) -> list[dict[str, Any]]:
+    timeout = options.connect_timeout_s
+    if not options.extproc_replicas:
+        return [
+            clusters.extproc_cluster(EXTPROC_CLUSTER, (options.extproc_host, options.extproc_port), timeout)
+        ]
+    found = options.extproc_replicas
+    return [
+        replicas.replicas_cluster(EXTPROC_CLUSTER, found, timeout, options.health_check_interval_s),
+        *replicas.access_log_clusters(found, timeout),
+    ]
 
 
 def render_yaml(options: EnvoyConfigOptions) -> str:

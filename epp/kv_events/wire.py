@@ -35,6 +35,8 @@ class BlockStored:
     medium: str | None = None
     lora_name: str | None = None
     group_idx: int | None = None
+    # Per block: vLLM's extra hash keys (adapter name, multimodal hashes, first block's cache_salt) or None.
+    extra_keys: tuple[tuple[Any, ...] | None, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,14 @@ def _opt_str(value: Any, name: str) -> str | None:
     raise KVEventDecodeError(f"{name} must be a string or null")
 
 
+def _extra_keys(value: Any) -> tuple[tuple[Any, ...] | None, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise KVEventDecodeError("extra_keys must be a list or null")
+    return tuple(None if k is None else tuple(k) if isinstance(k, list) else (k,) for k in value)
+
+
 def _as_map(raw: Any) -> dict[str, Any]:
     if isinstance(raw, dict):
         return raw
@@ -120,6 +130,7 @@ def decode_event(raw: Any) -> KVEvent:
                 medium=_opt_str(event.get("medium"), "medium"),
                 lora_name=_opt_str(event.get("lora_name"), "lora_name"),
                 group_idx=_opt_int(event.get("group_idx"), "group_idx"),
+                extra_keys=_extra_keys(event.get("extra_keys")),
             )
         if kind == "BlockRemoved":
             return BlockRemoved(

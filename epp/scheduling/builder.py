@@ -6,12 +6,14 @@ import random
 
 from epp.config.picker_config import EndpointPickerConfig
 from epp.datastore import Datastore
+from epp.kv_events.precise_index import PreciseIndex
 from epp.scheduling.plugins import PluginConfigError, PluginDeps, PluginRegistry, PluginTimer
 from epp.scheduling.profile import SchedulingProfile, assemble_profile
 from epp.scheduling.saturation import SaturationDetector
 from epp.scheduling.scheduler import Scheduler
 
 PREFIX_SCORER_TYPE = "prefix-cache-scorer"
+PRECISE_PREFIX_SCORER_TYPE = "precise-prefix-cache-scorer"
 
 
 def build_plugins(
@@ -30,7 +32,9 @@ def build_plugins(
 def build_profiles(config: EndpointPickerConfig, plugins: dict[str, object]) -> list[SchedulingProfile]:
     if not config.scheduling_profiles:
         raise PluginConfigError("config has no scheduling profile")
-    prefix_names = [spec.name for spec in config.plugins if spec.type == PREFIX_SCORER_TYPE]
+    # A profile's prefix ratio (for metrics): from its precise scorer if it has one, else the approximate.
+    prefix_names = [spec.name for spec in config.plugins if spec.type == PRECISE_PREFIX_SCORER_TYPE]
+    prefix_names += [spec.name for spec in config.plugins if spec.type == PREFIX_SCORER_TYPE]
     profiles = []
     for spec in config.scheduling_profiles:
         refs = [(plugins[ref.plugin_ref], ref.weight) for ref in spec.plugins]
@@ -51,14 +55,18 @@ def build_scheduler(
     registry: PluginRegistry,
     rng: random.Random | None = None,
     timer: PluginTimer | None = None,
+    kv_index: PreciseIndex | None = None,
 ) -> Scheduler:
     """Raises PluginConfigError naming the plugin or profile when the config cannot be built.
 
     One SaturationDetector, from the config's `saturationDetector` section, is shared by every plugin (via
     PluginDeps.saturation) and exposed as `scheduler.saturation`. `timer` observes each plugin call.
+    `kv_index` is the pool's KV-event index (PluginDeps.kv_index) for the precise prefix scorer.
     """
     saturation = build_saturation_detector(config)
-    deps = PluginDeps(datastore=datastore, rng=rng or random.Random(), saturation=saturation)
+    deps = PluginDeps(
+        datastore=datastore, rng=rng or random.Random(), saturation=saturation, kv_index=kv_index
+    )
     plugins = build_plugins(config, registry, deps)
     return Scheduler(
         datastore,

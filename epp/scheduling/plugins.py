@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from epp.datastore import Datastore, Endpoint
+from epp.kv_events.precise_index import PreciseIndex
 from epp.scheduling.saturation import SaturationDetector
 from epp.scheduling.types import AttemptReport, Candidate, SchedulingContext
 
@@ -128,6 +129,9 @@ class PluginDeps:
     # Plugins built before this one, by instance name, so a plugin can use another (a filter reading the
     # prefix scorer's match ratios, say) instead of redoing its work.
     plugins: dict[str, object] = field(default_factory=dict)
+    # The pool's KV-event index (one per pool, fed by the pods' KV events) for `precise-prefix-cache-scorer`;
+    # None when the pool follows no events.
+    kv_index: PreciseIndex | None = None
 
 
 PluginFactory = Callable[[str, Mapping[str, Any], PluginDeps], object]

@@ -132,9 +132,9 @@ class ExtProcServicer:
             await process_attempt(self._traffic, provider, request_iterator, context)
             return
         stream = ProcessStream(self.book)
-        # Cancellation normally reaches the finally below; the done callback also covers a handler task that
-        # ends without running it.
-        context.add_done_callback(lambda _ctx: stream.end())
+        # The finally below ends the stream on every way out (return, error, Envoy resetting the stream:
+        # cancellation). No `context.add_done_callback` as well: grpc keeps the callback bound to the context
+        # in the RPC's state, a cycle that leaves every stream's objects to the garbage collector.
         try:
             async for request in request_iterator:
                 if stream.cache_selected and not stream.routed and request.HasField("request_body"):

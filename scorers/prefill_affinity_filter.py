@@ -1,0 +1,258 @@
+"""`prefill-affinity-filter`: prefix affinity that holds until the warm pod's estimated wait is too long.
+
+Like `prefix-affinity-filter`, it keeps only the pods with the best prefix match when that match is above
+`threshold` and the pod is not saturated (the scheduler's one SaturationDetector). Unlike it, it does not
+wait for the warm pod's queue to reach the saturation threshold in *requests*: it compares estimated waits
+for the first token in *tokens*, from `prefill-load-scorer` (`loadPluginRef`): the warm pod's backlog plus
+this request's uncached part there, against the quickest other pod's backlog plus the whole uncached prompt
+there, each at the pod's learned prefill rate. Affinity holds while
+
+    warm_wait <= cold_wait * (1 + waitBound) + waitBoundSeconds
+
+and is broken otherwise: every candidate passes and the profile's scorers (the prefill-load scorer first)
+pick, which usually means a colder pod that will be warm for the next request. A hot shared prefix thus
+spreads over more pods as its load grows instead of piling onto the pods that saw it first.
+
+The per-request comparison cannot see that copying a *shared* prefix to another pod is paid once and frees
+the warm pods for good, so at moderate load the pods that first saw a system prompt would keep every new
+user while the others idle. Hence a second rule: when the match ends at a block at least
+`hotPrefixRequests` recent requests (a count decaying with a 30 s half-life) also ended at, every warm pod
+has requests in flight, and some pod lacking the prefix is idle (nothing in flight from epp, nothing queued
+in tokens, nothing running or waiting at its last scrape), only the idle pods pass. A returning user's own
+history ends at a block no one else reaches, so conversations stay put. `hotPrefixRequests: 0` turns it off.
+
+It is an affinity filter: a retry with relaxed affinity skips it. Prefix-routed decisions log GIE's line
+(`Do prefix-aware routing!`), broken ones `Prefix affinity broken`, spread ones `Hot prefix spread`, at
+INFO and at most LOG_LINES_PER_SECOND a second; the rest at DEBUG.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from epp.scheduling.log_limit import LogRateLimiter
+from epp.scheduling.params import parse_params, reject_moved_thresholds
+from epp.scheduling.plugins import PluginConfigError, PluginDeps, PluginRegistry
+from epp.scheduling.saturation import SaturationDetector
+from epp.scheduling.types import Candidate, SchedulingContext
+from scorers.hot_prefixes import HotPrefixes
+from scorers.prefill_load_scorer import TYPE_NAME as LOAD_SCORER_TYPE
+from scorers.prefill_load_scorer import PrefillLoadScorer, resolve_prefix
+from scorers.prefix_cache_scorer import TYPE_NAME as PREFIX_SCORER_TYPE
+from scorers.prefix_cache_scorer import PrefixCacheScorer
+
+TYPE_NAME = "prefill-affinity-filter"
+DECISION_KEY = "prefill_affinity"
+"""Key in ctx.cycle.data of this filter's decision: ratio, applied, broken, warm_wait_s, cold_wait_s, kept."""
+LOG_LINES_PER_SECOND = 20.0
+
+logger = logging.getLogger(__name__)
+
+
+class PrefillAffinityParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    wait_bound: float = Field(default=0.25, ge=0.0, le=100.0, alias="waitBound")
+    wait_bound_seconds: float = Field(default=0.0, ge=0.0, le=3600.0, alias="waitBoundSeconds")
+    hot_prefix_requests: float = Field(default=3.0, ge=0.0, le=1e6, alias="hotPrefixRequests")
+    prefix_plugin_ref: str = Field(default=PREFIX_SCORER_TYPE, min_length=1, alias="prefixPluginRef")
+    load_plugin_ref: str = Field(default=LOAD_SCORER_TYPE, min_length=1, alias="loadPluginRef")
+
+
+class PrefillAffinityFilter:
+    affinity = True  # narrows by preference, not need: skipped when a retry relaxes affinity
+
+    def __init__(
+        self,
+        name: str,
+        prefix: PrefixCacheScorer,
+        load: PrefillLoadScorer,
+        threshold: float = 0.5,
+        wait_bound: float = 0.25,
+        wait_bound_seconds: float = 0.0,
+        hot_prefix_requests: float = 3.0,
+        saturation: SaturationDetector | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.prefix = prefix
+        self.load = load
+        self.threshold = threshold
+        self.wait_bound = wait_bound
+        self.wait_bound_seconds = wait_bound_seconds
+        self.hot_prefix_requests = hot_prefix_requests
+        self.saturation = saturation or SaturationDetector()
+        self._clock = clock
+        self._hot = HotPrefixes()
+        self._log_limit = LogRateLimiter(LOG_LINES_PER_SECOND, clock=clock)
+
+    def filter(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> list[Candidate]:
+        is_saturated = self.saturation.is_saturated
+        fresh = [c for c in candidates if not is_saturated(c)]
+        best = 0.0
+        warm: list[Candidate] = []
+        if fresh:
+            ratios = self.prefix.match_ratios(ctx, fresh)
+            best = max(ratios.values())
+            if best > self.threshold:
+                warm = [c for c in fresh if ratios[c.endpoint.name] == best]
+        decision: dict[str, Any] = {"ratio": best, "threshold": self.threshold, "applied": False}
+        ctx.cycle.data[DECISION_KEY] = decision
+        if not warm:
+            decision.update(broken=False, kept=[])
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "No prefix-aware routing: request %s best matching ratio %.2f <= %.2f "
+                    "among %d non-saturated of %d candidates",
+                    ctx.request.request_id,
+                    best,
+                    self.threshold,
+                    len(fresh),
+                    len(candidates),
+                )
+            return list(candidates)
+        waits = self.load.estimated_waits(ctx, candidates)
+        warm_names = {c.endpoint.name for c in warm}
+        warm_wait = min(waits[n] for n in warm_names)
+        cold = [w for n, w in waits.items() if n not in warm_names]
+        cold_wait = min(cold) if cold else None
+        limit = None if cold_wait is None else cold_wait * (1.0 + self.wait_bound) + self.wait_bound_seconds
+        decision.update(warm_wait_s=warm_wait, cold_wait_s=cold_wait)
+        if limit is not None and warm_wait > limit:
+            decision.update(broken=True, kept=[])
+            self._log("broken", ctx, best, warm_wait, cold_wait, sorted(warm_names))
+            return list(candidates)
+        idle = self._idle_for_hot_prefix(ctx, candidates, warm, warm_names)
+        if idle:
+            idle_names = [c.endpoint.name for c in idle]
+            decision.update(applied=True, broken=False, spread=True, kept=idle_names)
+            self._log("spread", ctx, best, warm_wait, cold_wait, idle_names)
+            return idle
+        # The warm pods whose own wait is within the bound (all of them when no other pod is a candidate).
+        kept = [c for c in warm if limit is None or waits[c.endpoint.name] <= limit]
+        kept_names = [c.endpoint.name for c in kept]
+        decision.update(applied=True, broken=False, kept=kept_names)
+        self._log("applied", ctx, best, warm_wait, cold_wait, kept_names)
+        return kept
+
+    def _idle_for_hot_prefix(
+        self,
+        ctx: SchedulingContext,
+        candidates: Sequence[Candidate],
+        warm: Sequence[Candidate],
+        warm_names: set[str],
+    ) -> list[Candidate]:
+        """The idle pods lacking the prefix, when it is hot (shared by many recent requests) and every warm
+        pod is busy: copying a shared prefix to an idle pod costs one prefill and frees the warm pods for
+        good, which the per-request wait comparison cannot see. Empty otherwise."""
+        if self.hot_prefix_requests <= 0 or len(warm) == len(candidates):
+            return []
+        match = self.prefix.cycle_match(ctx)
+        depth = match.matched.get(warm[0].endpoint.name, 0)
+        if depth <= 0:
+            return []
+        # (Counts decay continuously: n requests in quick succession count a hair under n.)
+        if self._hot.touch(match.hashes[depth - 1], self._clock()) + 1e-3 < self.hot_prefix_requests:
+            return []
+        if any(c.in_flight == 0 for c in warm):
+            return []
+        pending = self.load.pending_tokens
+        is_saturated = self.saturation.is_saturated
+        return [
+            c
+            for c in candidates
+            if c.endpoint.name not in warm_names
+            and c.in_flight == 0
+            and c.metrics.running + c.metrics.waiting == 0
+            and not is_saturated(c)
+            and pending(c.endpoint.name) == 0.0
+        ]
+
+    def _log(
+        self,
+        what: str,
+        ctx: SchedulingContext,
+        best: float,
+        warm_wait: float,
+        cold_wait: float | None,
+        names: list[str],
+    ) -> None:
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        dropped = self._log_limit.acquire()
+        if dropped is None:
+            return
+        suffix = f" ({dropped} similar lines suppressed)" if dropped else ""
+        cold = "none" if cold_wait is None else f"{cold_wait:.3f}s"
+        if what == "applied":
+            # The ratio's shape copies GIE's structured log, which the seed checks grep for.
+            logger.info(
+                'Do prefix-aware routing! request %s "matching ratio": " %.2f > %.2f" keeping %s '
+                "(estimated wait %.3fs, other pods %s)%s",
+                ctx.request.request_id,
+                best,
+                self.threshold,
+                names,
+                warm_wait,
+                cold,
+                suffix,
+            )
+        elif what == "spread":
+            logger.info(
+                "Hot prefix spread: request %s matching ratio %.2f on busy pods, sent to idle %s%s",
+                ctx.request.request_id,
+                best,
+                names,
+                suffix,
+            )
+        else:
+            logger.info(
+                "Prefix affinity broken: request %s matching ratio %.2f on %s, estimated wait %.3fs > "
+                "other pods' %s x %.2f + %.3fs%s",
+                ctx.request.request_id,
+                best,
+                names,
+                warm_wait,
+                cold,
+                1.0 + self.wait_bound,
+                self.wait_bound_seconds,
+                suffix,
+            )
+
+
+def factory(name: str, params: Mapping[str, Any], deps: PluginDeps) -> PrefillAffinityFilter:
+    reject_moved_thresholds(name, params)
+    p = parse_params(PrefillAffinityParams, name, params)
+    prefix = resolve_prefix(name, p.prefix_plugin_ref, deps)
+    ref = p.load_plugin_ref
+    load = deps.plugins.get(ref)
+    if load is None:
+        raise PluginConfigError(
+            f"plugin {name!r}: parameter 'loadPluginRef': no plugin named {ref!r} is defined before it "
+            f"(define a {LOAD_SCORER_TYPE!r} plugin with that name earlier in the config)"
+        )
+    if not isinstance(load, PrefillLoadScorer):
+        raise PluginConfigError(
+            f"plugin {name!r}: parameter 'loadPluginRef': plugin {ref!r} is a {type(load).__name__}, "
+            f"not a {LOAD_SCORER_TYPE!r}"
+        )
+    return PrefillAffinityFilter(
+        name,
+        prefix,
+        load,
+        p.threshold,
+        p.wait_bound,
+        p.wait_bound_seconds,
+        p.hot_prefix_requests,
+        deps.saturation,
+    )
+
+
+def register(registry: PluginRegistry) -> None:
+    registry.register(TYPE_NAME, factory)

@@ -1,0 +1,278 @@
+"""`prefill-load-scorer`: score pods by the estimated wait for this request's first token, in tokens.
+
+A pod's estimated wait is `overhead + (backlog + own) / rate + per_request * requests`:
+
+- `own`: this request's uncached prompt tokens on that pod, i.e. its prompt minus the leading blocks the
+  `prefix-cache-scorer` (`prefixPluginRef`) predicts the pod holds. Prompt characters become tokens at a
+  ratio learned from the pods' `usage.prompt_tokens` (prior `charsPerToken`).
+- `backlog`: the uncached tokens epp sent to the pod that have not reached their first token yet
+  (scorers/prefill_backlog.py: added at pre-request, removed at first token, completion or failure, for the
+  pod each attempt really went to, and drained at the pod's rate when no event comes).
+- `requests`: the requests the pod is decoding (epp's in-flight count, or the scrape's running + waiting
+  when larger, minus those still in the backlog): their decode steps share the batches and slow a new
+  prefill down.
+- `rate`, `overhead`, `per_request`: learned per pod from streamed requests' TTFT against the work and the
+  requests they waited behind (scorers/prefill_rate.py); no per-hardware constant, only a prior
+  (`priorTokensPerSecond`; no per-request cost).
+
+Score = lowest estimated wait among the candidates / the pod's, so the quickest pod scores 1 and one twice as
+slow 0.5. New users and cold prompts therefore spread by token load, and requests sent back to back count at
+once (no scrape needed). `prefill-affinity-filter` uses the same estimates to decide when prefix affinity
+stops paying.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from epp.datastore import Endpoint, EndpointEvent
+from epp.scheduling.params import parse_params
+from epp.scheduling.plugins import PluginConfigError, PluginDeps, PluginRegistry
+from epp.scheduling.types import AttemptReport, Candidate, SchedulingContext
+from scorers.prefill_backlog import PrefillBacklog
+from scorers.prefill_rate import DEFAULT_PRIOR_RATE, PrefillRateEstimator
+from scorers.prefix_cache_scorer import TYPE_NAME as PREFIX_SCORER_TYPE
+from scorers.prefix_cache_scorer import PrefixCacheScorer
+
+TYPE_NAME = "prefill-load-scorer"
+DEFAULT_CHARS_PER_TOKEN = 4.0
+_CPT_BOUNDS = (0.5, 20.0)
+_CPT_ALPHA = 0.1  # EWMA weight of one response's characters-per-token ratio
+
+logger = logging.getLogger(__name__)
+
+
+class PrefillLoadParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    prefix_plugin_ref: str = Field(default=PREFIX_SCORER_TYPE, min_length=1, alias="prefixPluginRef")
+    chars_per_token: float = Field(default=DEFAULT_CHARS_PER_TOKEN, ge=0.5, le=20.0, alias="charsPerToken")
+    prior_tokens_per_second: float = Field(
+        default=DEFAULT_PRIOR_RATE, ge=50.0, le=5_000_000.0, alias="priorTokensPerSecond"
+    )
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """One attempt's accounting, kept in the request's cycle state (a retry's attempt gets its own)."""
+
+    pod: str
+    id: int
+    tokens: float  # predicted uncached prompt tokens on the pod
+    ahead: float  # the pod's backlog when sent (this attempt excluded)
+    requests: float  # requests the pod was serving when this one was scheduled
+    sent_at: float
+    open: bool = True
+
+
+class PrefillLoadScorer:
+    """Scorer and PreRequest / FirstToken / ResponseComplete / RequestFailed hooks over one backlog."""
+
+    def __init__(
+        self,
+        name: str = TYPE_NAME,
+        prefix: PrefixCacheScorer | None = None,
+        chars_per_token: float = DEFAULT_CHARS_PER_TOKEN,
+        prior_rate: float = DEFAULT_PRIOR_RATE,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.name = name
+        self.prefix = prefix
+        self.chars_per_token = chars_per_token
+        self._cpt_samples = 0
+        self.rates = PrefillRateEstimator(prior_rate)
+        self.backlog = PrefillBacklog()
+        self.clock = clock
+        self._attempts_key = f"{TYPE_NAME}:{name}:attempts"  # pod -> _Attempt
+        self._waits_key = f"{TYPE_NAME}:{name}:waits"  # (generation, {pod: seconds})
+        self._requests_key = f"{TYPE_NAME}:{name}:requests"  # {pod: requests in flight when scored}
+
+    def on_endpoint_event(self, event: EndpointEvent, endpoint: Endpoint) -> None:
+        """Datastore listener: a restarted pod lost its queue; a removed one its rate too."""
+        if event is EndpointEvent.REMOVED:
+            self.backlog.forget(endpoint.name)
+            self.rates.forget(endpoint.name)
+        elif event is EndpointEvent.RESTARTED:
+            self.backlog.forget(endpoint.name)
+
+    # -- estimates ----------------------------------------------------------------------------------------
+    def uncached_tokens(self, ctx: SchedulingContext, pod: str) -> float:
+        """This request's prompt tokens `pod` must prefill: the prompt minus its predicted cached blocks."""
+        chars = len(ctx.request.prompt)
+        prefix = self.prefix
+        if prefix is not None:
+            matched = prefix.cycle_match(ctx).matched.get(pod, 0)
+            chars = max(0, chars - matched * prefix.block_size)
+        return chars / self.chars_per_token
+
+    def pending_tokens(self, pod: str, now: float | None = None) -> float:
+        """Uncached tokens queued on `pod` that have not reached their first token."""
+        t = self.clock() if now is None else now
+        return self.backlog.tokens(pod, t, self.rates.rate(pod))
+
+    def estimated_waits(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> dict[str, float]:
+        """Pod -> estimated seconds to this request's first token there; computed once per cycle and
+        recomputed when an attempt was added or ended since (a retry's cycle)."""
+        generation = self.backlog.generation
+        cached = ctx.cycle.data.get(self._waits_key)
+        if cached is not None and cached[0] == generation:
+            waits: dict[str, float] = cached[1]
+        else:
+            waits = {}
+            ctx.cycle.data[self._waits_key] = (generation, waits)
+        missing = [c for c in candidates if c.endpoint.name not in waits]
+        if missing:
+            self._estimate(ctx, missing, waits)
+        if len(waits) == len(candidates):  # the same pods (all are in it): no copy; callers only read it
+            return waits
+        return {c.endpoint.name: waits[c.endpoint.name] for c in candidates}
+
+    def _estimate(self, ctx: SchedulingContext, pods: Sequence[Candidate], out: dict[str, float]) -> None:
+        # The per-decision hot path (every candidate, every request): locals and inlined arithmetic.
+        now = self.clock()
+        chars = len(ctx.request.prompt)
+        per_char = 1.0 / self.chars_per_token / 1000.0  # kilotokens per character
+        prefix = self.prefix
+        matched: dict[str, int] = prefix.cycle_match(ctx).matched if prefix is not None else {}
+        block = prefix.block_size if prefix is not None else 0
+        rates = self.rates
+        queued = self.backlog.queued(now, rates.rate)
+        models = rates.models
+        requests: dict[str, float] = ctx.cycle.data.setdefault(self._requests_key, {})
+        whole = chars * per_char
+        for c in pods:
+            pod = c.endpoint.name
+            theta = (models.get(pod) or rates.model(pod)).theta
+            hit = matched.get(pod)
+            if hit:
+                own = chars - hit * block
+                ktok = own * per_char if own > 0 else 0.0
+            else:
+                ktok = whole
+            # The requests past their prefill (decoding): in flight as least-request counts it (epp's own
+            # count, or the scrape's when it sees more) minus those still queued, already counted in tokens.
+            m = c.metrics
+            n = m.running + m.waiting
+            if c.in_flight > n:
+                n = c.in_flight
+            q = queued.get(pod)
+            if q is not None:
+                ktok += q[0] / 1000.0
+                n -= q[1]
+            if n > 0:
+                requests[pod] = n
+                out[pod] = theta[0] + ktok * theta[1] + n * theta[2]
+            else:
+                out[pod] = theta[0] + ktok * theta[1]
+
+    def score(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> dict[str, float]:
+        waits = self.estimated_waits(ctx, candidates)
+        if not waits:
+            return {}
+        best = max(min(waits.values()), 1e-6)
+        return {pod: best / max(w, 1e-6) for pod, w in waits.items()}
+
+    # -- lifecycle hooks -----------------------------------------------------------------------------------
+    def pre_request(self, ctx: SchedulingContext, endpoint: Endpoint) -> None:
+        pod = endpoint.name
+        now = self.clock()
+        rate = self.rates.rate(pod)
+        ahead = self.backlog.tokens(pod, now, rate)
+        tokens = self.uncached_tokens(ctx, pod)
+        attempts: dict[str, _Attempt] = ctx.cycle.data.setdefault(self._attempts_key, {})
+        previous = attempts.get(pod)
+        if previous is not None and previous.open:  # sent twice without an end: count it once
+            self.backlog.remove(pod, previous.id)
+        attempt_id = self.backlog.add(pod, tokens, now, rate)
+        scored: dict[str, float] = ctx.cycle.data.get(self._requests_key, {})
+        attempts[pod] = _Attempt(pod, attempt_id, tokens, ahead, scored.get(pod, 0.0), now)
+
+    def first_token(self, ctx: SchedulingContext, endpoint: Endpoint, ttft_s: float) -> None:
+        attempt = self._open_attempt(ctx, endpoint.name)
+        if attempt is None:
+            return
+        attempt.open = False
+        self.backlog.first_token(attempt.pod, attempt.id)
+        # Only a streamed answer's first chunk marks the end of prefill; a whole answer also holds the decode.
+        # The time is this attempt's own (from its send), not the request's, which includes failed attempts.
+        if ctx.request.body.get("stream") is True:
+            work, ttft = attempt.ahead + attempt.tokens, self.clock() - attempt.sent_at
+            self.rates.observe(attempt.pod, work, ttft, attempt.requests)
+            if logger.isEnabledFor(logging.DEBUG):
+                model = self.rates.model(attempt.pod)
+                logger.debug(
+                    "prefill rate: request %s on %s waited %.3fs for %.0f tokens behind %.0f requests; "
+                    "estimate now %.0f tokens/s + %.3fs + %.4fs per request (%d samples)",
+                    ctx.request.request_id,
+                    attempt.pod,
+                    ttft,
+                    work,
+                    attempt.requests,
+                    model.rate,
+                    model.overhead_s,
+                    model.s_per_request,
+                    model.samples,
+                )
+
+    def response_complete(self, ctx: SchedulingContext, report: AttemptReport) -> None:
+        self._close(ctx, report.endpoint.name)
+        prompt_tokens = report.prompt_tokens
+        chars = len(ctx.request.prompt)
+        if prompt_tokens and prompt_tokens > 0 and chars > 0:
+            ratio = min(_CPT_BOUNDS[1], max(_CPT_BOUNDS[0], chars / prompt_tokens))
+            if math.isfinite(ratio):
+                # A running mean over the first responses (the prior counts as one), then an EWMA.
+                self._cpt_samples += 1
+                alpha = max(_CPT_ALPHA, 1.0 / (self._cpt_samples + 1))
+                self.chars_per_token += alpha * (ratio - self.chars_per_token)
+
+    def request_failed(self, ctx: SchedulingContext, report: AttemptReport) -> None:
+        self._close(ctx, report.endpoint.name)
+
+    def _open_attempt(self, ctx: SchedulingContext, pod: str) -> _Attempt | None:
+        attempts: dict[str, _Attempt] | None = ctx.cycle.data.get(self._attempts_key)
+        if not attempts:
+            return None
+        attempt = attempts.get(pod)
+        return attempt if attempt is not None and attempt.open else None
+
+    def _close(self, ctx: SchedulingContext, pod: str) -> None:
+        attempt = self._open_attempt(ctx, pod)
+        if attempt is not None:
+            attempt.open = False
+            self.backlog.remove(pod, attempt.id)
+
+
+def resolve_prefix(name: str, ref: str, deps: PluginDeps) -> PrefixCacheScorer:
+    """The `prefix-cache-scorer` named by parameter `prefixPluginRef`, defined before plugin `name`."""
+    prefix = deps.plugins.get(ref)
+    if prefix is None:
+        raise PluginConfigError(
+            f"plugin {name!r}: parameter 'prefixPluginRef': no plugin named {ref!r} is defined before it "
+            f"(define a {PREFIX_SCORER_TYPE!r} plugin with that name earlier in the config)"
+        )
+    if not isinstance(prefix, PrefixCacheScorer):
+        raise PluginConfigError(
+            f"plugin {name!r}: parameter 'prefixPluginRef': plugin {ref!r} is a "
+            f"{type(prefix).__name__}, not a {PREFIX_SCORER_TYPE!r}"
+        )
+    return prefix
+
+
+def factory(name: str, params: Mapping[str, Any], deps: PluginDeps) -> PrefillLoadScorer:
+    p = parse_params(PrefillLoadParams, name, params)
+    prefix = resolve_prefix(name, p.prefix_plugin_ref, deps)
+    plugin = PrefillLoadScorer(name, prefix, p.chars_per_token, p.prior_tokens_per_second)
+    deps.datastore.subscribe(plugin.on_endpoint_event)
+    return plugin
+
+
+def register(registry: PluginRegistry) -> None:
+    registry.register(TYPE_NAME, factory)

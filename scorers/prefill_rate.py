@@ -1,0 +1,205 @@
+"""An online estimate of one pod's prefill speed, learned from its time to first token (TTFT).
+
+Model: `ttft = overhead + work / rate + per_request * requests`, where `work` is the uncached prompt tokens
+the pod had to prefill before this request's first token (its own plus those still queued ahead of it, as
+epp accounted them), `requests` the requests it was already decoding when this one was sent (their decode
+steps share the pod's batches and slow the prefill down), and `overhead` the fixed part (network,
+scheduling, the first step). The three are fitted by recursive least squares (RLS) over (1, work,
+requests) with a forgetting factor, so the estimate follows a pod that slows down or speeds up:
+
+- no per-hardware constant: it starts from a prior (by default, the median of the other pods' estimates
+  once they have some samples, else `DEFAULT_PRIOR_RATE` and no per-request cost) with a wide covariance,
+  and moves off it with the first few samples;
+- robust: a residual beyond `HUBER_K` times the running mean absolute residual (and beyond half the
+  prediction) is clipped to that bound
+  (one TTFT spike, e.g. a LoRA load or a GC pause, moves the estimate by a bounded amount); but
+  `CHANGE_STREAK` clipped residuals in a row on the same side mean the pod changed, and the covariance is
+  widened again so the estimate follows within a few samples;
+- bounded: the rate stays within [MIN_RATE, MAX_RATE] tokens/s, the overhead within [0, MAX_OVERHEAD_S],
+  the per-request cost within [0, MAX_PER_REQUEST_S]; each variance is capped near the prior's, so a long
+  run of samples that do not vary (every prompt the same length) cannot wind the covariance up.
+
+Work is fitted in thousands of tokens, which keeps the parameters on similar scales.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+DEFAULT_PRIOR_RATE = 5_000.0  # tokens/s: a 7-8B model on one mid-range GPU; only a starting point
+DEFAULT_PRIOR_OVERHEAD_S = 0.02
+MIN_RATE = 50.0
+MAX_RATE = 5_000_000.0
+MAX_OVERHEAD_S = 10.0
+MAX_PER_REQUEST_S = 1.0
+PRIOR_PER_REQUEST_SD_S = 0.01  # prior spread of the per-request cost (its prior value is 0)
+FORGETTING = 0.97  # weight of the past per sample: about the last 30 samples count
+HUBER_K = 3.0  # residuals beyond this many mean absolute residuals are clipped...
+RELATIVE_INLIER = 0.5  # ...unless within this fraction of the prediction
+WARMUP_SAMPLES = 5  # no clipping before this many samples: the residual scale is not known yet
+CHANGE_STREAK = 3  # this many clipped residuals in a row on the same side: the pod changed, re-learn
+MIN_RESIDUAL_SCALE_S = 0.002
+_KTOK = 1000.0
+_MAX_VARIANCE = 1e4  # cap on a covariance diagonal entry
+
+
+@dataclass(slots=True)
+class RateModel:
+    """One pod's fit: theta = (overhead s, s per 1000 tokens, s per request in flight), its covariance."""
+
+    theta: list[float]
+    cov: list[list[float]]
+    residual_scale_s: float
+    samples: int = 0
+    outlier_streak: int = 0  # clipped residuals in a row, signed (+ slower than predicted, - faster)
+    prior_cov: list[float] = field(default_factory=list)  # diagonal to widen back to on a change
+
+    @property
+    def overhead_s(self) -> float:
+        return self.theta[0]
+
+    @property
+    def s_per_ktok(self) -> float:
+        return self.theta[1]
+
+    @property
+    def s_per_request(self) -> float:
+        return self.theta[2]
+
+    @property
+    def rate(self) -> float:
+        """Prefill tokens per second."""
+        return _KTOK / self.theta[1]
+
+    def predict(self, work_tokens: float, requests: float = 0.0) -> float:
+        """Seconds to the first token with `work_tokens` of prefill ahead (own included) and `requests`
+        already in flight on the pod."""
+        t = self.theta
+        return t[0] + max(0.0, work_tokens) / _KTOK * t[1] + max(0.0, requests) * t[2]
+
+
+def prior_model(
+    rate: float = DEFAULT_PRIOR_RATE, overhead_s: float = DEFAULT_PRIOR_OVERHEAD_S, per_request_s: float = 0.0
+) -> RateModel:
+    """A model that trusts its starting point little: a few samples move it most of the way."""
+    s_per_ktok = _KTOK / min(MAX_RATE, max(MIN_RATE, rate))
+    overhead_s = min(MAX_OVERHEAD_S, max(0.0, overhead_s))
+    per_request_s = min(MAX_PER_REQUEST_S, max(0.0, per_request_s))
+    diag = [
+        max(overhead_s, 0.05) ** 2,
+        (2.0 * s_per_ktok) ** 2,
+        max(per_request_s, PRIOR_PER_REQUEST_SD_S) ** 2,
+    ]
+    return RateModel(
+        theta=[overhead_s, s_per_ktok, per_request_s],
+        cov=[[diag[i] if i == j else 0.0 for j in range(3)] for i in range(3)],
+        residual_scale_s=max(MIN_RESIDUAL_SCALE_S, overhead_s),
+        prior_cov=diag,
+    )
+
+
+def _clamp(theta: list[float]) -> None:
+    theta[0] = min(MAX_OVERHEAD_S, max(0.0, theta[0]))
+    theta[1] = min(_KTOK / MIN_RATE, max(_KTOK / MAX_RATE, theta[1]))
+    theta[2] = min(MAX_PER_REQUEST_S, max(0.0, theta[2]))
+
+
+def update(
+    model: RateModel, work_tokens: float, ttft_s: float, requests: float = 0.0, forgetting: float = FORGETTING
+) -> None:
+    """Fold one observation into `model` (in place). Non-finite or negative observations are ignored."""
+    values = (work_tokens, ttft_s, requests)
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        return
+    phi = (1.0, work_tokens / _KTOK, requests)
+    theta, cov = model.theta, model.cov
+    predicted = sum(p * t for p, t in zip(phi, theta, strict=True))
+    error = ttft_s - predicted
+    # Errors within half the prediction are never outliers: early on, or after a change, they are the news.
+    bound = max(HUBER_K * model.residual_scale_s, RELATIVE_INLIER * predicted)
+    if model.samples >= WARMUP_SAMPLES and abs(error) > bound:
+        side = 1 if error > 0 else -1
+        model.outlier_streak = model.outlier_streak + side if model.outlier_streak * side > 0 else side
+        if abs(model.outlier_streak) >= CHANGE_STREAK:
+            # Not outliers but a change (the pod slowed down or sped up): trust the data again, widely.
+            model.outlier_streak = 0
+            prior = model.prior_cov
+            widened = [max(cov[i][i], prior[i], (2.0 * theta[i]) ** 2 if i else prior[i]) for i in range(3)]
+            model.cov = cov = [[widened[i] if i == j else 0.0 for j in range(3)] for i in range(3)]
+            model.residual_scale_s = abs(error) / HUBER_K
+        else:
+            error = math.copysign(bound, error)
+    else:
+        model.outlier_streak = 0
+    # RLS: gain k = P phi / (lambda + phi' P phi); P = (P - k phi' P) / lambda.
+    p_phi = [sum(cov[i][j] * phi[j] for j in range(3)) for i in range(3)]
+    denom = forgetting + sum(phi[i] * p_phi[i] for i in range(3))
+    gain = [v / denom for v in p_phi]
+    for i in range(3):
+        theta[i] += gain[i] * error
+    _clamp(theta)
+    new = [[(cov[i][j] - gain[i] * p_phi[j]) / forgetting for j in range(3)] for i in range(3)]
+    prior = model.prior_cov
+    for i in range(3):  # keep it symmetric, positive on the diagonal and bounded
+        # Forgetting inflates the variance of directions the samples do not vary in (all prompts the same
+        # length, say) without limit; capped near the prior's, such a direction stays where it is.
+        cap = min(_MAX_VARIANCE, max(4.0 * prior[i], (2.0 * theta[i]) ** 2))
+        new[i][i] = min(cap, max(1e-12, new[i][i]))
+    for i in range(3):
+        for j in range(i + 1, 3):
+            limit = math.sqrt(new[i][i] * new[j][j])
+            v = min(limit, max(-limit, 0.5 * (new[i][j] + new[j][i])))
+            new[i][j] = new[j][i] = v
+    model.cov = new
+    # Mean absolute residual (after the update's own clip), for the next outlier bound.
+    model.residual_scale_s = max(MIN_RESIDUAL_SCALE_S, 0.9 * model.residual_scale_s + 0.1 * abs(error))
+    model.samples += 1
+
+
+class PrefillRateEstimator:
+    """Per-pod RateModels; a pod seen for the first time starts from the fleet's median, else the prior."""
+
+    def __init__(
+        self,
+        prior_rate: float = DEFAULT_PRIOR_RATE,
+        prior_overhead_s: float = DEFAULT_PRIOR_OVERHEAD_S,
+        forgetting: float = FORGETTING,
+    ) -> None:
+        self.prior_rate = prior_rate
+        self.prior_overhead_s = prior_overhead_s
+        self.forgetting = forgetting
+        self.models: dict[str, RateModel] = {}  # read freely; add through model(pod)
+
+    def model(self, pod: str) -> RateModel:
+        found = self.models.get(pod)
+        if found is None:
+            found = self.models[pod] = self._new_model()
+        return found
+
+    def _new_model(self) -> RateModel:
+        learned = sorted(
+            (m.rate, m.overhead_s, m.s_per_request)
+            for m in self.models.values()
+            if m.samples >= WARMUP_SAMPLES
+        )
+        if learned:  # the fleet is a better prior than any constant: pods usually share hardware
+            return prior_model(*learned[len(learned) // 2])
+        return prior_model(self.prior_rate, self.prior_overhead_s)
+
+    def observe(self, pod: str, work_tokens: float, ttft_s: float, requests: float = 0.0) -> None:
+        update(self.model(pod), work_tokens, ttft_s, requests, self.forgetting)
+
+    def rate(self, pod: str) -> float:
+        return self.model(pod).rate
+
+    def predict(self, pod: str, work_tokens: float, requests: float = 0.0) -> float:
+        return self.model(pod).predict(work_tokens, requests)
+
+    def forget(self, pod: str) -> None:
+        """The pod left the pool: drop its model."""
+        self.models.pop(pod, None)
+
+    def snapshot(self) -> dict[str, tuple[float, float, float, int]]:
+        """Pod -> (tokens/s, overhead seconds, seconds per request in flight, samples), for reports."""
+        return {pod: (m.rate, m.overhead_s, m.s_per_request, m.samples) for pod, m in self.models.items()}

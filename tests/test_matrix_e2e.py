@@ -1,0 +1,80 @@
+"""The short workload matrix on the simulator (CI): the direction of the main results, not their size."""
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from bench.compare.matrix import FRESH_FLEET, RESET
+from bench.sim.process import SimProcess
+from epp.cli import main
+
+
+def figure(variants: dict[str, Any], variant: str, name: str) -> float:
+    value: float = variants[variant]["figures"][name]["median"]
+    return value
+
+
+@pytest.mark.slow
+def test_short_matrix_prefix_cache_hits_more_on_shared_prefixes_and_stays_balanced_on_random(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "matrix"
+    code = main(
+        [
+            "bench", "matrix", "--workloads", "shared-system-prompt,no-sharing",
+            "--strategies", "ROUND_ROBIN,PREFIX_CACHE", "--scale", "ci", "--seeds", "5",
+            "--time-scale", "8", "--output-dir", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "shared-system-prompt" in printed and "no-sharing" in printed
+
+    doc = orjson.loads((out / "matrix.json").read_bytes())
+    assert doc["seeds"] == [5] and doc["scale"] == "ci" and doc["time_scale"] == 8.0
+    assert doc["commit"] and set(doc["config_hashes"]) == {"ROUND_ROBIN", "PREFIX_CACHE"}
+    assert all(len(h) == 16 for h in doc["config_hashes"].values())
+    assert doc["machine_at_start"]["nproc"] >= 1 and doc["command"].startswith("epp")
+    for workload in doc["workloads"].values():
+        for variant in workload["variants"].values():
+            (run,) = variant["runs"]
+            assert run["seed"] == 5 and run["cold_caches"] == FRESH_FLEET
+            assert run["failed"] == 0 and run["finished"] > 20
+            assert len(run["pod_requests"]) == 4
+
+    shared = doc["workloads"]["shared-system-prompt"]["variants"]
+    # Both reuse the system prompt; only prefix affinity also reuses each user's own conversation.
+    assert figure(shared, "PREFIX_CACHE", "hit_rate") > figure(shared, "ROUND_ROBIN", "hit_rate")
+    no_sharing = doc["workloads"]["no-sharing"]["variants"]
+    # Nothing to reuse: prefix-aware routing must still spread the requests evenly.
+    assert figure(no_sharing, "PREFIX_CACHE", "share_ratio") <= 1.5
+    assert figure(no_sharing, "PREFIX_CACHE", "hit_rate") < 0.05
+    assert figure(no_sharing, "ROUND_ROBIN", "share_ratio") <= 1.1
+
+    markdown = (out / "matrix.md").read_text()
+    assert "## 2. shared-system-prompt: " in markdown and "## 5. no-sharing: " in markdown
+    assert (
+        "| PREFIX_CACHE | 1 |" in markdown and (out / "no-sharing" / "round_robin-run1-seed5.csv").is_file()
+    )
+
+
+@pytest.mark.slow
+def test_compare_workload_on_given_endpoints_resets_their_prefix_caches(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    with SimProcess(["--pods", "2", "--base-port", "0", "--time-scale", "8"]) as sim:
+        endpoints = ",".join(url.split("://", 1)[1] for url in sim.urls)
+        code = main(
+            [
+                "bench", "compare", "--workload", "no-sharing", "--strategies", "ROUND_ROBIN",
+                "--endpoints", endpoints, "--model", "Qwen/Qwen2.5-7B-Instruct", "--scale", "ci",
+                "--runs", "2", "--time-scale", "8", "--output-dir", str(out),
+            ]
+        )  # fmt: skip
+    assert code == 0
+    doc = orjson.loads((out / "matrix.json").read_bytes())
+    assert doc["fleet"] == {"endpoints": sim.urls} and doc["seeds"] == [0, 1]
+    runs = doc["workloads"]["no-sharing"]["variants"]["ROUND_ROBIN"]["runs"]
+    assert [r["cold_caches"] for r in runs] == [RESET, RESET]
+    assert all(r["failed"] == 0 and r["finished"] > 20 for r in runs)
