@@ -185,6 +185,16 @@ class EppMetrics:
             buckets=PREFIX_RATIO_BUCKETS,
             registry=r,
         ).labels(*PREFIX_PLUGIN)
+        # epp_*, not llm_d_*: no upstream (GIE / llm-d) family measures this, so it claims no compatibility.
+        # Same labels and values as the predicted family, so the two compare series by series.
+        self.prefix_actual_ratio = Histogram(
+            "epp_prefix_cache_actual_hit_ratio",
+            "Fraction of the prompt's tokens the serving pod reported cached (usage.prompt_tokens_details."
+            "cached_tokens / prompt_tokens), per answered attempt that reports it.",
+            ["plugin_name", "plugin_type"],
+            buckets=PREFIX_RATIO_BUCKETS,
+            registry=r,
+        ).labels(*PREFIX_PLUGIN)
         self.shed = Counter("epp_shed_requests", "Requests shed because the pool is saturated.", registry=r)
         self.scrape_errors = Counter(
             "epp_scrape_errors", "Failed metrics scrapes by endpoint.", ["endpoint"], registry=r
@@ -246,6 +256,9 @@ class EppMetrics:
             counts = task_usage()  # for the gateway's record step (epp.request_metrics.TASK_USAGE)
             counts.prompt, counts.completion = report.prompt_tokens, report.completion_tokens
             counts.cached = report.cached_prompt_tokens
+        prompt, cached = report.prompt_tokens, report.cached_prompt_tokens
+        if prompt and prompt > 0 and cached is not None:
+            self.prefix_actual_ratio.observe(min(1.0, max(0.0, cached / prompt)))
 
     def on_retry(self, reason: str) -> None:
         self._retry(reason).inc()

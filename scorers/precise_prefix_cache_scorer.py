@@ -5,7 +5,8 @@ cut into blocks of the pod's block size (from its events) and keyed like epp.kv_
 pod's stored blocks. Score = leading blocks the pod holds / the prompt's full blocks. For a pod whose view is
 not synced (never seen, or a gap the follower has not repaired) and for a request that cannot be tokenized,
 the score is the approximate `prefix-cache-scorer`'s instead (the instance named by `prefixCachePlugin`, else
-one built here that learns from this plugin's picks).
+one built here that learns from this plugin's picks, with blocks aligned to the pods' KV blocks in estimated
+characters: `blockAlign: tokens`, `blockSize` as the pods' size until their scrapes report it).
 
 With `speculative` on, a pick's keys are credited to the picked pod for `speculativeTtlSeconds` until its
 events confirm them, so a burst of one prefix does not scatter before the first event arrives. Replicas do not
@@ -27,6 +28,7 @@ from epp.scheduling.plugins import PluginConfigError, PluginDeps, PluginRegistry
 from epp.scheduling.types import CLIENT_GONE, AttemptReport, Candidate, SchedulingContext
 from epp.tokenization.base import PromptTokenizer
 from epp.tokenization.simulated import VOCAB_SIZE, SimulatorTokenizer, Tokenizer
+from scorers.prefix_alignment import BlockAlignment
 from scorers.prefix_cache_scorer import PrefixCacheScorer
 
 TYPE_NAME = "precise-prefix-cache-scorer"
@@ -161,6 +163,11 @@ class PrecisePrefixCacheScorer:
         if self._own_fallback:
             self.fallback.request_failed(ctx, report)
 
+    def response_complete(self, ctx: SchedulingContext, report: AttemptReport) -> None:
+        """An own fallback learns characters per token from the answer's usage."""
+        if self._own_fallback:
+            self.fallback.response_complete(ctx, report)
+
 
 def _tokenizer(p: PrecisePrefixParams, name: str) -> PromptTokenizer:
     if p.tokenizer == "simulator":
@@ -192,7 +199,8 @@ def factory(name: str, params: Mapping[str, Any], deps: PluginDeps) -> PrecisePr
             )
         fallback, own = found, False
     else:
-        fallback, own = PrefixCacheScorer(f"{name}-approximate"), True
+        alignment = BlockAlignment("tokens", default_pod_block_tokens=p.block_size)
+        fallback, own = PrefixCacheScorer(f"{name}-approximate", alignment=alignment), True
         deps.datastore.subscribe(fallback.on_endpoint_event)
     return PrecisePrefixCacheScorer(
         name,

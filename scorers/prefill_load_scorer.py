@@ -24,7 +24,6 @@ stops paying.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,15 +35,13 @@ from epp.datastore import Endpoint, EndpointEvent
 from epp.scheduling.params import parse_params
 from epp.scheduling.plugins import PluginConfigError, PluginDeps, PluginRegistry
 from epp.scheduling.types import AttemptReport, Candidate, SchedulingContext
+from scorers.chars_per_token import DEFAULT_CHARS_PER_TOKEN, CharsPerToken
 from scorers.prefill_backlog import PrefillBacklog
 from scorers.prefill_rate import DEFAULT_PRIOR_RATE, PrefillRateEstimator
 from scorers.prefix_cache_scorer import TYPE_NAME as PREFIX_SCORER_TYPE
 from scorers.prefix_cache_scorer import PrefixCacheScorer
 
 TYPE_NAME = "prefill-load-scorer"
-DEFAULT_CHARS_PER_TOKEN = 4.0
-_CPT_BOUNDS = (0.5, 20.0)
-_CPT_ALPHA = 0.1  # EWMA weight of one response's characters-per-token ratio
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +82,18 @@ class PrefillLoadScorer:
     ) -> None:
         self.name = name
         self.prefix = prefix
-        self.chars_per_token = chars_per_token
-        self._cpt_samples = 0
+        self.cpt = CharsPerToken(chars_per_token)
         self.rates = PrefillRateEstimator(prior_rate)
         self.backlog = PrefillBacklog()
         self.clock = clock
         self._attempts_key = f"{TYPE_NAME}:{name}:attempts"  # pod -> _Attempt
         self._waits_key = f"{TYPE_NAME}:{name}:waits"  # (generation, {pod: seconds})
         self._requests_key = f"{TYPE_NAME}:{name}:requests"  # {pod: requests in flight when scored}
+
+    @property
+    def chars_per_token(self) -> float:
+        """The learned prompt characters per token."""
+        return self.cpt.value
 
     def on_endpoint_event(self, event: EndpointEvent, endpoint: Endpoint) -> None:
         """Datastore listener: a restarted pod lost its queue; a removed one its rate too."""
@@ -108,9 +109,9 @@ class PrefillLoadScorer:
         chars = len(ctx.request.prompt)
         prefix = self.prefix
         if prefix is not None:
-            matched = prefix.cycle_match(ctx).matched.get(pod, 0)
-            chars = max(0, chars - matched * prefix.block_size)
-        return chars / self.chars_per_token
+            match = prefix.cycle_match(ctx)
+            chars = max(0, chars - match.matched.get(pod, 0) * match.block_size)
+        return chars / self.cpt.value
 
     def pending_tokens(self, pod: str, now: float | None = None) -> float:
         """Uncached tokens queued on `pod` that have not reached their first token."""
@@ -138,10 +139,11 @@ class PrefillLoadScorer:
         # The per-decision hot path (every candidate, every request): locals and inlined arithmetic.
         now = self.clock()
         chars = len(ctx.request.prompt)
-        per_char = 1.0 / self.chars_per_token / 1000.0  # kilotokens per character
+        per_char = 1.0 / self.cpt.value / 1000.0  # kilotokens per character
         prefix = self.prefix
-        matched: dict[str, int] = prefix.cycle_match(ctx).matched if prefix is not None else {}
-        block = prefix.block_size if prefix is not None else 0
+        match = prefix.cycle_match(ctx) if prefix is not None else None
+        matched: dict[str, int] = match.matched if match is not None else {}
+        block = match.block_size if match is not None else 0
         rates = self.rates
         queued = self.backlog.queued(now, rates.rate)
         models = rates.models
@@ -223,15 +225,7 @@ class PrefillLoadScorer:
 
     def response_complete(self, ctx: SchedulingContext, report: AttemptReport) -> None:
         self._close(ctx, report.endpoint.name)
-        prompt_tokens = report.prompt_tokens
-        chars = len(ctx.request.prompt)
-        if prompt_tokens and prompt_tokens > 0 and chars > 0:
-            ratio = min(_CPT_BOUNDS[1], max(_CPT_BOUNDS[0], chars / prompt_tokens))
-            if math.isfinite(ratio):
-                # A running mean over the first responses (the prior counts as one), then an EWMA.
-                self._cpt_samples += 1
-                alpha = max(_CPT_ALPHA, 1.0 / (self._cpt_samples + 1))
-                self.chars_per_token += alpha * (ratio - self.chars_per_token)
+        self.cpt.observe(len(ctx.request.prompt), report.prompt_tokens)
 
     def request_failed(self, ctx: SchedulingContext, report: AttemptReport) -> None:
         self._close(ctx, report.endpoint.name)

@@ -2,9 +2,10 @@
 
 Among non-saturated candidates, if the best prefix match ratio is strictly above `threshold`, only the
 non-saturated candidates with that ratio pass ("prefix-aware routing"); otherwise all candidates pass and the
-profile's scorers (e.g. least-request) decide. Match ratios come from the `prefix-cache-scorer` instance named
-by `prefixPluginRef`, so the prompt is hashed once per cycle; "saturated" is the scheduler's one
-SaturationDetector. It is an affinity filter: a retry with relaxed affinity skips it.
+profile's scorers (e.g. least-request) decide. Match ratios come from the `prefix-cache-scorer` or
+`precise-prefix-cache-scorer` instance named by `prefixPluginRef`, so the prompt is matched once per
+cycle; "saturated" is the scheduler's one SaturationDetector. It is an affinity filter: a retry with
+relaxed affinity skips it.
 
 Each prefix-routed decision is logged at INFO as GIE does (`Do prefix-aware routing!` with
 `"matching ratio": " 0.54 > 0.50"`), at most LOG_LINES_PER_SECOND a second; the others at DEBUG.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,8 +25,18 @@ from epp.scheduling.params import parse_params, reject_moved_thresholds
 from epp.scheduling.plugins import PluginConfigError, PluginDeps, PluginRegistry
 from epp.scheduling.saturation import SaturationDetector
 from epp.scheduling.types import Candidate, SchedulingContext
+from scorers.precise_prefix_cache_scorer import TYPE_NAME as PRECISE_TYPE
+from scorers.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
 from scorers.prefix_cache_scorer import TYPE_NAME as PREFIX_SCORER_TYPE
 from scorers.prefix_cache_scorer import PrefixCacheScorer
+
+
+@runtime_checkable
+class PrefixRatios(Protocol):
+    """A prefix plugin the filter can read: per candidate, the fraction of the prompt's blocks it holds."""
+
+    def match_ratios(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> dict[str, float]: ...
+
 
 TYPE_NAME = "prefix-affinity-filter"
 DECISION_KEY = "prefix_affinity"
@@ -48,7 +59,7 @@ class PrefixAffinityFilter:
     def __init__(
         self,
         name: str,
-        prefix: PrefixCacheScorer,
+        prefix: PrefixRatios,
         threshold: float = 0.5,
         saturation: SaturationDetector | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -119,10 +130,10 @@ def factory(name: str, params: Mapping[str, Any], deps: PluginDeps) -> PrefixAff
             f"plugin {name!r}: parameter 'prefixPluginRef': no plugin named {ref!r} is defined before it "
             f"(define a {PREFIX_SCORER_TYPE!r} plugin with that name earlier in the config)"
         )
-    if not isinstance(prefix, PrefixCacheScorer):
+    if not isinstance(prefix, PrefixCacheScorer | PrecisePrefixCacheScorer):
         raise PluginConfigError(
             f"plugin {name!r}: parameter 'prefixPluginRef': plugin {ref!r} is a "
-            f"{type(prefix).__name__}, not a {PREFIX_SCORER_TYPE!r}"
+            f"{type(prefix).__name__}, not a {PREFIX_SCORER_TYPE!r} or {PRECISE_TYPE!r}"
         )
     return PrefixAffinityFilter(name, prefix, p.threshold, deps.saturation)
 

@@ -5,6 +5,10 @@ PreRequest hook it teaches the index that the pod the request is sent to now cac
 RequestFailed hook it takes that back when the pod never answered, so after a retry the index names the pod
 that served. The block hashes and matches are computed once per request (cached in the cycle state, which a
 retry reuses) and shared with `prefix-affinity-filter`.
+
+Blocks are `blockSize` characters (GIE's 64) unless `blockAlign: tokens` aligns them to the pods' KV blocks in
+estimated characters (scorers/prefix_alignment.py); as a ResponseComplete hook it then learns characters per
+token from the pods' usage.
 """
 
 from __future__ import annotations
@@ -12,14 +16,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from epp.datastore import Endpoint, EndpointEvent, MetricsSnapshot
 from epp.scheduling.params import parse_params
 from epp.scheduling.plugins import PluginDeps, PluginRegistry
 from epp.scheduling.types import CLIENT_GONE, AttemptReport, Candidate, SchedulingContext
+from scorers.chars_per_token import DEFAULT_CHARS_PER_TOKEN
+from scorers.prefix_alignment import DEFAULT_POD_BLOCK_TOKENS, BlockAlign, BlockAlignment
 from scorers.prefix_index import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_LRU_CAPACITY,
@@ -52,6 +58,24 @@ class PrefixCacheParams(BaseModel):
         default=DEFAULT_LRU_CAPACITY, gt=0, strict=True, alias="lruCapacityPerServer"
     )
     auto_size_lru: bool = Field(default=True, strict=True, alias="autoSizeLRU")
+    # `tokens`: blocks of the pods' KV block size (scraped, or blockSizeTokens) x characters per token.
+    block_align: BlockAlign = Field(default="characters", alias="blockAlign")
+    block_size_tokens: int | None = Field(default=None, gt=0, strict=True, alias="blockSizeTokens")
+    chars_per_token: float = Field(default=DEFAULT_CHARS_PER_TOKEN, ge=0.5, le=20.0, alias="charsPerToken")
+    learn_chars_per_token: bool = Field(default=True, strict=True, alias="learnCharsPerToken")
+
+    @model_validator(mode="after")
+    def _align_fields(self) -> Self:
+        token_only = {"block_size_tokens", "chars_per_token", "learn_chars_per_token"} & self.model_fields_set
+        if self.block_align == "characters" and token_only:
+            names = ", ".join(sorted(PrefixCacheParams.model_fields[f].alias or f for f in token_only))
+            raise ValueError(f"{names}: only with blockAlign 'tokens'")
+        if self.block_align == "tokens" and "block_size" in self.model_fields_set:
+            raise ValueError(
+                "blockSize: not with blockAlign 'tokens' (blocks follow the pods' KV block size; "
+                "set blockSizeTokens)"
+            )
+        return self
 
 
 @dataclass(slots=True)
@@ -60,6 +84,7 @@ class PrefixMatch:
 
     hashes: list[int]
     matched: dict[str, int]
+    block_size: int = DEFAULT_BLOCK_SIZE  # characters per block the hashes were cut at
 
     @property
     def total(self) -> int:
@@ -71,7 +96,7 @@ class PrefixMatch:
 
 
 class PrefixCacheScorer:
-    """Scorer, PreRequest and RequestFailed over a PrefixIndex."""
+    """Scorer, PreRequest, RequestFailed and ResponseComplete over a PrefixIndex."""
 
     def __init__(
         self,
@@ -81,9 +106,10 @@ class PrefixCacheScorer:
         lru_capacity_per_server: int = DEFAULT_LRU_CAPACITY,
         auto_size_lru: bool = True,
         index: PrefixIndex | None = None,
+        alignment: BlockAlignment | None = None,
     ) -> None:
         self.name = name
-        self.block_size = block_size
+        self.alignment = alignment if alignment is not None else BlockAlignment("characters", block_size)
         self.max_prefix_blocks = max_prefix_blocks
         self.auto_size_lru = auto_size_lru
         self.index = index if index is not None else PrefixIndex(lru_capacity_per_server)
@@ -97,6 +123,13 @@ class PrefixCacheScorer:
         if event is EndpointEvent.REMOVED or event is EndpointEvent.RESTARTED:
             self.index.forget(endpoint.name)
             self._sized_from.pop(endpoint.name, None)
+        if event is EndpointEvent.REMOVED:
+            self.alignment.forget(endpoint.name)
+
+    @property
+    def block_size(self) -> int:
+        """Characters per block for the next fresh request (a cycle's own is its PrefixMatch.block_size)."""
+        return self.alignment.block_chars
 
     def cycle_match(self, ctx: SchedulingContext) -> PrefixMatch:
         """This request's hashes and matches, computed on first use in the cycle and then reused."""
@@ -104,17 +137,16 @@ class PrefixCacheScorer:
         if isinstance(found, PrefixMatch):
             return found
         req = ctx.request
-        hashes = block_hashes(
-            req.prompt, req.target_model, self.block_size, self.max_prefix_blocks, req.cache_salt
-        )
-        match = PrefixMatch(hashes, self.index.match(hashes))
+        size = self.alignment.block_chars
+        hashes = block_hashes(req.prompt, req.target_model, size, self.max_prefix_blocks, req.cache_salt)
+        match = PrefixMatch(hashes, self.index.match(hashes), size)
         ctx.cycle.data[self._cycle_key] = match
         return match
 
     def match_ratios(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> dict[str, float]:
         """Per candidate: matched leading blocks / the request's full blocks (0 without a full block)."""
-        if self.auto_size_lru:
-            self._auto_size(candidates)
+        if self.auto_size_lru or self.alignment.aligned:
+            self._observe(candidates)
         match = self.cycle_match(ctx)
         total = match.total
         if total == 0:
@@ -172,25 +204,43 @@ class PrefixCacheScorer:
         if added:
             self.index.remove(report.endpoint.name, added)
 
-    def _auto_size(self, candidates: Sequence[Candidate]) -> None:
+    def response_complete(self, ctx: SchedulingContext, report: AttemptReport) -> None:
+        """Token-aligned blocks: learn characters per token from the pod's usage."""
+        if self.alignment.aligned:
+            self.alignment.observe_usage(len(ctx.request.prompt), report.prompt_tokens)
+
+    def _observe(self, candidates: Sequence[Candidate]) -> None:
+        """Each new scrape: the pod's block size (token alignment) and its LRU's capacity (autoSizeLRU)."""
         sized_from = self._sized_from
+        alignment = self.alignment
         for c in candidates:
             metrics = c.metrics
             pod = c.endpoint.name
             if sized_from.get(pod) is metrics:
                 continue
             sized_from[pod] = metrics
-            self.index.set_capacity(pod, capacity_from_metrics(metrics, self.block_size))
+            alignment.on_scrape(pod, metrics.block_size)
+            if self.auto_size_lru:
+                capacity = capacity_from_metrics(metrics, alignment.block_chars, alignment.chars_per_token)
+                self.index.set_capacity(pod, capacity)
 
 
 def factory(name: str, params: Mapping[str, Any], deps: PluginDeps) -> PrefixCacheScorer:
     p = parse_params(PrefixCacheParams, name, params)
+    alignment = BlockAlignment(
+        p.block_align,
+        p.block_size,
+        pod_block_tokens=p.block_size_tokens,
+        default_pod_block_tokens=DEFAULT_POD_BLOCK_TOKENS,
+        chars_per_token=p.chars_per_token,
+        learn_chars_per_token=p.learn_chars_per_token,
+    )
     plugin = PrefixCacheScorer(
         name,
-        block_size=p.block_size,
         max_prefix_blocks=p.max_prefix_blocks_to_match,
         lru_capacity_per_server=p.lru_capacity_per_server,
         auto_size_lru=p.auto_size_lru,
+        alignment=alignment,
     )
     deps.datastore.subscribe(plugin.on_endpoint_event)
     return plugin

@@ -57,12 +57,14 @@ def block_hashes(
     return out
 
 
-def capacity_from_metrics(metrics: MetricsSnapshot, block_size_chars: int) -> int | None:
+def capacity_from_metrics(
+    metrics: MetricsSnapshot, block_size_chars: int, chars_per_token: float = CHARS_PER_TOKEN
+) -> int | None:
     """How many index blocks a pod's KV cache holds, from its scraped capacity; None when unknown."""
     tokens = metrics.kv_capacity_tokens
     if tokens is None:
         return None
-    return max(1, tokens * CHARS_PER_TOKEN // block_size_chars)
+    return max(1, int(tokens * chars_per_token // block_size_chars))
 
 
 class PrefixIndex:

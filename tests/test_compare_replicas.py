@@ -21,7 +21,7 @@ from bench.compare.picker_metrics import Prediction, parse_prediction, total_cha
 from bench.compare.report import make_row
 from bench.compare.variants import (
     PRECISE,
-    PRECISE_CONFIG,
+    PRECISE_CONFIGS,
     FrontKind,
     build_variants,
     needs_kv_events,
@@ -64,11 +64,11 @@ def test_replica_variants_carry_workers_and_precise_needs_kv_events(tmp_path: Pa
     assert (rr.workers, rr.kv_events, rr.strategy) == (1, False, "ROUND_ROBIN")
     assert (pc2.name, pc2.workers, pc2.strategy) == ("PREFIX_CACHE@2", 2, "PREFIX_CACHE")
     assert not pc2.kv_events
-    assert (precise2.workers, precise2.config, precise2.strategy) == (2, PRECISE_CONFIG, None)
+    assert (precise2.workers, precise2.config, precise2.strategy) == (2, PRECISE_CONFIGS["PRECISE"], None)
     assert precise2.kv_events and precise.kv_events and precise.workers == 1
     assert precise2.kind is FrontKind.GATEWAY and precise2.slug == "precise-2"
     # The bundled config is valid and follows KV events; a config without a precise scorer does not.
-    assert needs_kv_events(PRECISE_CONFIG)
+    assert needs_kv_events(PRECISE_CONFIGS["PRECISE"])
     plain = tmp_path / "plain.yaml"
     plain.write_text(
         "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
@@ -76,9 +76,9 @@ def test_replica_variants_carry_workers_and_precise_needs_kv_events(tmp_path: Pa
         "schedulingProfiles:\n- name: default\n  plugins:\n  - pluginRef: queue-scorer\n"
         "  - pluginRef: max-score-picker\n"
     )
-    [from_file] = build_variants([], [plain, PRECISE_CONFIG], [])[:1]
+    [from_file] = build_variants([], [plain, PRECISE_CONFIGS["PRECISE"]], [])[:1]
     assert not from_file.kv_events
-    assert build_variants([], [PRECISE_CONFIG], [])[0].kv_events
+    assert build_variants([], [PRECISE_CONFIGS["PRECISE"]], [])[0].kv_events
 
 
 def test_gateway_and_fleet_flags_of_replica_variants() -> None:
@@ -89,7 +89,7 @@ def test_gateway_and_fleet_flags_of_replica_variants() -> None:
     assert args[args.index("--strategy") + 1] == "PREFIX_CACHE"
     assert "--workers" not in gateway_args(rr, PODS, seed=3)
     args = gateway_args(precise2, PODS, seed=3)
-    assert args[args.index("--config") + 1] == str(PRECISE_CONFIG) and "--strategy" not in args
+    assert args[args.index("--config") + 1] == str(PRECISE_CONFIGS["PRECISE"]) and "--strategy" not in args
     # Only a variant that follows KV events gets a publishing fleet; the JSON is what the simulator reads.
     assert fleet_kv_args(rr) == [] and fleet_kv_args(pc2) == []
     assert fleet_kv_args(precise2) == ["--kv-events-config", KV_EVENTS_CONFIG]

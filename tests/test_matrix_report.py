@@ -7,13 +7,12 @@ import orjson
 import pytest
 from rich.console import Console
 
+from bench.compare.cold_caches import reset_prefix_caches, run_salt
 from bench.compare.matrix import (
     SALTED,
     MatrixSpec,
     RunResult,
     cold_fleet,
-    reset_prefix_caches,
-    run_salt,
     sim_args,
 )
 from bench.compare.matrix_cli import build_matrix_spec, parse_seeds

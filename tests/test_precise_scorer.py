@@ -278,6 +278,50 @@ def test_the_scheduler_reports_the_precise_ratio_and_picks_by_it():
     assert a.engine.pool.num_cached == 0
 
 
+def test_prefix_affinity_filter_reads_the_precise_ratios() -> None:
+    """PREFIX_CACHE's rule over the precise scorer: the pod the events name is kept although it is the busier
+    one, which least-request alone would avoid; a prompt nobody holds goes to the idle pod."""
+    index = PreciseIndex()
+    a, b = FedPod("a", index), FedPod("b", index)
+    body = chat("support", "My order is late")
+    b.serve(body)
+    config = EndpointPickerConfig.model_validate(
+        {
+            "plugins": [
+                {"type": "prefix-cache-scorer"},
+                {"type": "precise-prefix-cache-scorer", "parameters": {"speculative": False}},
+                {
+                    "type": "prefix-affinity-filter",
+                    "parameters": {"prefixPluginRef": "precise-prefix-cache-scorer"},
+                },
+                {"type": "least-request-scorer"},
+                {"type": "max-score-picker"},
+            ],
+            "schedulingProfiles": [
+                {
+                    "name": "default",
+                    "plugins": [
+                        {"pluginRef": "precise-prefix-cache-scorer", "weight": 0},
+                        {"pluginRef": "prefix-affinity-filter"},
+                        {"pluginRef": "least-request-scorer", "weight": 1},
+                        {"pluginRef": "max-score-picker"},
+                    ],
+                }
+            ],
+        }
+    )
+    ds = Datastore(staleness_s=3600.0)
+    ds.set_endpoints([Endpoint("a", "127.0.0.1", 8001), Endpoint("b", "127.0.0.1", 8002)])
+    ds.update_metrics("a", MetricsSnapshot(waiting=0, running=0, kv_cache_usage=0.0, scraped_at=1e12))
+    ds.update_metrics("b", MetricsSnapshot(waiting=0, running=3, kv_cache_usage=0.0, scraped_at=1e12))
+    scheduler = build_scheduler(config, ds, default_registry(), random.Random(0), kv_index=index)
+    held = scheduler.schedule(request(body).request)
+    assert held.endpoint.name == "b" and held.affinity_narrowed
+    cold = scheduler.schedule(request(chat("travel", "Book me a hotel.")).request)
+    assert cold.endpoint.name == "a" and not cold.affinity_narrowed
+    assert a.engine.pool.num_cached == 0
+
+
 async def _feed(sub: KVEventSubscriber, index: PreciseIndex, pod: str, applied: asyncio.Event) -> None:
     async for message in sub.messages():
         index.apply(pod, message)

@@ -126,8 +126,9 @@ def build_spec(args: argparse.Namespace, notes: list[str]) -> CompareSpec:
         if not args.model:
             raise ValueError("--model is required with --endpoints")
         notes.append(
-            "--endpoints: every variant ran on the same running pods, in turn (no fresh fleet), so later "
-            "variants found the earlier ones' prefix caches warm"
+            "--endpoints: every variant ran on the same running pods, in turn, after POST "
+            "/reset_prefix_cache (or, where a pod refused it, with prompts salted per variant so no variant "
+            "found another's prefixes cached)"
         )
     variants = build_variants(
         parse_strategy_list(args.strategies), args.config, _peer_names(args.peers, notes)

@@ -11,16 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console
 
+from bench.compare.cold_caches import reset_prefix_caches, run_salt
 from bench.compare.frontends import fleet_kv_args, prediction_change, scrape_prediction, start_frontend
 from bench.compare.pod_metrics import deltas, scrape_pods
 from bench.compare.report import Row, make_row
@@ -87,28 +86,6 @@ def sim_args(spec: MatrixSpec, workload: Workload, seed: int, variant: Variant |
     if workload.lora_modules:
         args += ["--lora-modules", *workload.lora_modules, "--max-loras", str(workload.max_loras)]
     return args
-
-
-def reset_prefix_caches(urls: Sequence[str], timeout: float = 10.0) -> bool:
-    """POST /reset_prefix_cache on every pod; True when all answered 2xx.
-
-    vLLM serves it only with VLLM_SERVER_DEV_MODE=1, and answers 200 even when blocks in use kept it from
-    resetting; the simulator does the same.
-    """
-    ok = True
-    with httpx.Client(timeout=timeout) as client:
-        for url in urls:
-            try:
-                ok = client.post(f"{url}/reset_prefix_cache").is_success and ok
-            except httpx.HTTPError:
-                ok = False
-    return ok
-
-
-def run_salt(workload: str, variant: str, run: int, started: float) -> str:
-    """A prompt opening unique to one run, of the same length for every run."""
-    digest = hashlib.sha256(f"{started}-{workload}-{variant}-{run}".encode()).hexdigest()[:12]
-    return f"[run {digest}] "
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bench.compare.cold_caches import reset_prefix_caches, run_salt
 from bench.compare.frontends import fleet_kv_args, prediction_change, scrape_prediction, start_frontend
 from bench.compare.picker_metrics import Prediction
 from bench.compare.pod_metrics import PodCounters, deltas, scrape_pods
@@ -23,8 +24,9 @@ from bench.sim.process import SimProcess
 class CompareSpec:
     """A comparison: the workload (its base URLs are replaced per variant) and where it runs.
 
-    With `endpoints` (pod root URLs) the variants share those pods, in turn; otherwise each variant gets a
-    fresh `epp sim` fleet of `pods` pods with the same profile and seed.
+    With `endpoints` (pod root URLs) the variants share those pods, in turn, each starting with cold
+    caches (`POST /reset_prefix_cache`, or where a pod refuses it, prompts salted per variant); otherwise
+    each variant gets a fresh `epp sim` fleet of `pods` pods with the same profile and seed.
     """
 
     workload: BenchConfig
@@ -66,8 +68,11 @@ def run_variant(spec: CompareSpec, variant: Variant, console: Console) -> Varian
     """Start the fleet and the variant's front end, run the workload through it, scrape the pods."""
     csv = spec.output_dir / f"{variant.slug}.csv"
     with pod_fleet(spec, variant) as pod_urls, start_frontend(variant, pod_urls, spec.seed) as frontend:
+        update: dict[str, object] = {"base_urls": tuple(frontend.base_urls), "output": csv}
+        if spec.endpoints is not None and not reset_prefix_caches(pod_urls):
+            update["salt"] = run_salt("compare", variant.name, spec.seed, time.time())
         before, predicted_before = scrape_pods(pod_urls), scrape_prediction(frontend)
-        cfg = spec.workload.model_copy(update={"base_urls": tuple(frontend.base_urls), "output": csv})
+        cfg = spec.workload.model_copy(update=update)
         started = time.perf_counter()
         bench = asyncio.run(run_benchmark(cfg, console=console))
         wall = time.perf_counter() - started

@@ -20,8 +20,13 @@ BASELINE = RoutingStrategy.ROUND_ROBIN.value
 # The client sends to the pods in turn itself (no router): a reference for the gateway's overhead.
 DIRECT = "DIRECT"
 # The precise prefix scorer over the pods' KV events (docs/precise-prefix.md): a bench config, not a built-in.
+# PRECISE: PREFIX_CACHE's affinity rule over it; PRECISE_WEIGHTED: a weighted score against least-request.
 PRECISE = "PRECISE"
-PRECISE_CONFIG = Path(__file__).resolve().parent / "precise_prefix.yaml"
+PRECISE_WEIGHTED = "PRECISE_WEIGHTED"
+PRECISE_CONFIGS: dict[str, Path] = {
+    PRECISE: Path(__file__).resolve().parent / "precise_prefix.yaml",
+    PRECISE_WEIGHTED: Path(__file__).resolve().parent / "precise_weighted.yaml",
+}
 MAX_WORKERS = 16
 DEFAULT_STRATEGIES: tuple[str, ...] = ("ROUND_ROBIN", "RANDOM", "LEAST_REQUEST", "PREFIX_CACHE", "LOAD_AWARE")
 PEER_POLICIES: tuple[str, ...] = ("cache_aware", "round_robin")
@@ -73,7 +78,7 @@ def parse_strategy_list(text: str) -> list[str]:
         base, _ = split_workers(name)
         if base == DIRECT and base != name:
             raise ValueError(f"{name!r}: {DIRECT} has no router, so no workers")
-        if base not in (DIRECT, PRECISE):
+        if base != DIRECT and base not in PRECISE_CONFIGS:
             parse_strategy(base)
     if len(set(names)) != len(names):
         raise ValueError(f"--strategies lists a name twice: {text}")
@@ -88,12 +93,13 @@ def needs_kv_events(path: Path) -> bool:
 
 
 def strategy_variant(name: str) -> Variant:
-    """A `--strategies` name as a variant: DIRECT, a built-in strategy or PRECISE, with its workers."""
+    """A `--strategies` name as a variant: DIRECT, a built-in strategy, PRECISE or PRECISE_WEIGHTED, with its
+    workers."""
     if name == DIRECT:
         return Variant(name, FrontKind.DIRECT)
     base, workers = split_workers(name)
-    if base == PRECISE:
-        return Variant(name, FrontKind.GATEWAY, config=PRECISE_CONFIG, workers=workers, kv_events=True)
+    if base in PRECISE_CONFIGS:
+        return Variant(name, FrontKind.GATEWAY, config=PRECISE_CONFIGS[base], workers=workers, kv_events=True)
     return Variant(name, FrontKind.GATEWAY, strategy=base, workers=workers)
 
 
