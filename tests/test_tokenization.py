@@ -25,7 +25,6 @@ from epp.tokenization.simulated import Tokenizer as SimTokenizer
 from epp.tokenization.vllm_http import VLLMHttpTokenizer
 
 TINY_LLAMA = Path(__file__).parent / "fixtures" / "vllm" / "tiny-llama-tokenizer"  # build/vllm/model/base's
-BUILT_MODEL = Path(__file__).resolve().parents[1] / "build" / "vllm" / "model" / "base"
 
 CHAT: dict[str, Any] = {
     "model": "m",
@@ -116,13 +115,6 @@ def test_hf_local_renders_the_chat_template_and_tokenizes_like_vllm():
     assert tok.tokenize({**COMPLETION, "add_special_tokens": False}) == raw.encode(COMPLETION["prompt"]).ids
     image = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}
     assert tok.tokenize(image) is None
-
-
-@pytest.mark.skipif(not (BUILT_MODEL / "tokenizer.json").is_file(), reason="no build/vllm/model/base")
-def test_the_fixture_is_the_real_tier_models_tokenizer():
-    built, copied = HFLocalTokenizer(BUILT_MODEL), HFLocalTokenizer(TINY_LLAMA)
-    for body in (CHAT, COMPLETION):
-        assert built.tokenize(body) == copied.tokenize(body)
 
 
 def _write_bos_model(root: Path, template_in_config: bool) -> Tokenizer:
