@@ -165,7 +165,7 @@ def test_two_replicas_share_the_streams_and_release_their_in_flight(
         httpx.Client(base_url=stack.base_url, trust_env=False, timeout=20) as client,
     ):
         assert len(stack.epp_urls) == 2
-        assert _send(client, 20, "shared") == [200] * 20
+        assert _send(client, 20, "spread") == [200] * 20
         decisions = [_decisions(url) for url in stack.epp_urls]
         assert sum(decisions) == 20 and all(d > 0 for d in decisions), decisions
         # Every replica heard the outcome of its own requests from its own access log (duration is recorded
