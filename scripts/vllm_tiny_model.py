@@ -1,6 +1,6 @@
 """Builds a tiny random Llama, its tokenizer and a LoRA adapter for the real-vLLM tier; no hub download.
 
-Run with the vLLM venv's python (it has torch, transformers and tokenizers):
+Run with the vLLM venv's python (it has torch and transformers):
 ``python scripts/vllm_tiny_model.py OUT``.
 Writes OUT/base (the model) and OUT/lora (the adapter); an existing complete build is kept.
 """
@@ -8,6 +8,7 @@ Writes OUT/base (the model) and OUT/lora (the adapter); an existing complete bui
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,35 +16,19 @@ VOCAB = 1024
 # head_dim 64: vLLM's CPU attention kernels support only a few head sizes (32, 64, 80, 96, 112, 128, 256).
 HIDDEN, HEADS, LAYERS, INTERMEDIATE = 128, 2, 2, 256
 LORA_RANK = 8
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
-)
-SPECIAL = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
+TOKENIZER = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "vllm" / "tiny-llama-tokenizer"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
-def _corpus() -> list[str]:
-    """A bundled text to train the tokenizer on: words of this module plus spelled-out numbers and letters."""
-    words = Path(__file__).read_text().split()
-    return [*words, *(str(i) for i in range(1000)), *"abcdefghijklmnopqrstuvwxyz", *SPECIAL]
+def copy_tokenizer(out: Path) -> None:
+    """Installs the committed tokenizer: the main suite's hf-local tests use the vocabulary vLLM serves.
 
-
-def build_tokenizer(out: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(out)
+    (It was trained once from a small corpus; training it at build time made the vocabulary depend on the
+    tokenizers version and on this file's text.)
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy(TOKENIZER / name, out / name)
 
 
 def build_model(out: Path) -> None:
@@ -100,7 +85,7 @@ def main(out: Path) -> None:
     base, lora, done = out / "base", out / "lora", out / ".complete"
     if done.exists():
         return
-    build_tokenizer(base)
+    copy_tokenizer(base)
     build_model(base)
     build_lora(lora, base)
     done.touch()

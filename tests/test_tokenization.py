@@ -24,7 +24,7 @@ from epp.tokenization.simulated import SimulatorTokenizer
 from epp.tokenization.simulated import Tokenizer as SimTokenizer
 from epp.tokenization.vllm_http import VLLMHttpTokenizer
 
-TINY_LLAMA = Path(__file__).parent / "fixtures" / "vllm" / "tiny-llama-tokenizer"  # build/vllm/model/base's
+TINY_LLAMA = Path(__file__).parent / "fixtures" / "vllm" / "tiny-llama-tokenizer"  # the real tier installs it
 
 CHAT: dict[str, Any] = {
     "model": "m",
