@@ -12,7 +12,8 @@ import sys
 from collections.abc import Sequence
 
 # Modules that contribute subcommands. Each defines `register(subparsers) -> None` and gives its parsers
-# `set_defaults(func=...)`: a callable taking the parsed namespace and returning an exit code.
+# `set_defaults(func=...)`: a callable taking the parsed namespace and returning an exit code. main() adds
+# `argv` to the namespace, the arguments it parsed, for commands that record how they were run.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "bench.cli",
     "epp.config.cli",
@@ -55,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command_of(args_in))
     args = parser.parse_args(args_in)
+    args.argv = args_in
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

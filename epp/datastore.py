@@ -31,11 +31,11 @@ class Endpoint:
     host: str
     port: int
     labels: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    address: str = field(init=False, compare=False, repr=False)
+    """`host:port`, the value of `x-gateway-destination-endpoint` (read on every request: built once)."""
 
-    @property
-    def address(self) -> str:
-        """`host:port`, the value of `x-gateway-destination-endpoint`."""
-        return f"{self.host}:{self.port}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", f"{self.host}:{self.port}")
 
     @property
     def base_url(self) -> str:
@@ -56,6 +56,11 @@ class MetricsSnapshot:
     num_gpu_blocks: int | None = None
     process_start_time: float | None = None  # changes when the pod restarts
     prefix_cache_queries: float | None = None  # counter; a drop also means a restart
+    # Counters for the prefill rate (scorers/prefill_scrape_rate.py); None when the pod does not export them.
+    prompt_tokens: float | None = None  # vllm:prompt_tokens_total (cached tokens included)
+    prefix_cache_hits: float | None = None  # vllm:prefix_cache_hits_total, in tokens
+    prefill_time_s: float | None = None  # vllm:request_prefill_time_seconds_sum
+    prefill_count: float | None = None  # vllm:request_prefill_time_seconds_count
     scraped_at: float = 0.0  # time.monotonic() of the scrape
 
     @property
@@ -92,11 +97,27 @@ class EndpointState:
     listeners: list[EndpointListener] = field(default_factory=list, repr=False)
     scraped: MetricsSnapshot | None = None
     in_flight_at_scrape: int = 0
+    # `scraped` bridged by each in-flight change seen since that scrape: a request's send and finish move
+    # the count back and forth, so the same few snapshots recur (and keep their identity, which the
+    # scheduler's candidate reuse keys on).
+    _bridged: dict[int, MetricsSnapshot] = field(default_factory=dict, repr=False)
 
     def bridge(self) -> None:
         """Recompute `metrics` from the last scrape and epp's in-flight change since."""
-        if self.scraped is not None:
-            self.metrics = bridged(self.scraped, self.in_flight - self.in_flight_at_scrape)
+        scraped = self.scraped
+        if scraped is None:
+            return
+        delta = self.in_flight - self.in_flight_at_scrape
+        found = self._bridged.get(delta)
+        if found is None:
+            found = self._bridged[delta] = bridged(scraped, delta)
+        self.metrics = found
+
+    def scraped_now(self, snapshot: MetricsSnapshot) -> None:
+        """The pod's own answer replaces the bridged estimate."""
+        self.metrics = self.scraped = snapshot
+        self.in_flight_at_scrape = self.in_flight
+        self._bridged.clear()
 
 
 class Datastore:
@@ -174,8 +195,7 @@ class Datastore:
         if prev is not None and _restarted(prev, snapshot):
             state.health.restarts += 1
             self._emit(EndpointEvent.RESTARTED, state.endpoint)
-        state.metrics = state.scraped = snapshot
-        state.in_flight_at_scrape = state.in_flight
+        state.scraped_now(snapshot)
         state.health.scrape_succeeded(self.clock())
 
     def record_scrape_failure(self, name: str, error: str, timed_out: bool = False) -> None:

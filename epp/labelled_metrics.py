@@ -13,7 +13,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.values import MutexValue
 
@@ -37,6 +37,51 @@ class LabelledChildren(Generic[M]):
         """Drop the series whose label values match (an endpoint that left the pool)."""
         for values in [v for v in self._children if match(v)]:
             del self._children[values]
+            with contextlib.suppress(KeyError):
+                self.family.remove(*values)
+
+
+class ValueSeries:
+    """`inc`/`dec` of one Counter or Gauge (or a labelled child of one), written as HistogramSeries writes:
+    straight into prometheus-client's in-process value (its lock only guards against writers on other threads;
+    these are written from the event loop only), or through the value's own `inc` in multiprocess mode.
+    Counters must only be given positive amounts, as with `Counter.inc`."""
+
+    __slots__ = ("_direct", "_value")
+
+    def __init__(self, child: Counter | Gauge) -> None:
+        if child._labelnames and not child._labelvalues:
+            raise ValueError(f"{child._name} has labels: count one of its children")
+        self._value = child._value
+        self._direct = type(self._value) is MutexValue
+
+    def inc(self, amount: float = 1.0) -> None:
+        if self._direct:
+            self._value._value += amount
+        else:
+            self._value.inc(amount)
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.inc(-amount)
+
+
+class LabelledValues:
+    """ValueSeries of a Counter or Gauge family by label values, each built once."""
+
+    def __init__(self, family: Counter | Gauge) -> None:
+        self.family = family
+        self._series: dict[tuple[str, ...], ValueSeries] = {}
+
+    def __call__(self, *values: str) -> ValueSeries:
+        series = self._series.get(values)
+        if series is None:
+            series = self._series[values] = ValueSeries(self.family.labels(*values))
+        return series
+
+    def remove_where(self, match: Callable[[tuple[str, ...]], bool]) -> None:
+        """Drop the series whose label values match (an endpoint that left the pool)."""
+        for values in [v for v in self._series if match(v)]:
+            del self._series[values]
             with contextlib.suppress(KeyError):
                 self.family.remove(*values)
 

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from epp import __version__
 from epp.datastore import Datastore, Endpoint, EndpointEvent, MetricsSnapshot
 from epp.health.endpoint_health import ROUTABLE, HealthState
-from epp.labelled_metrics import LabelledChildren
+from epp.labelled_metrics import HistogramSeries, LabelledChildren, LabelledValues
 from epp.picking import RESULT_SHED
 from epp.request_metrics import RequestMetrics, task_usage
 from epp.scheduling.types import AttemptReport
@@ -196,6 +196,10 @@ class EppMetrics:
             registry=r,
         ).labels(*PREFIX_PLUGIN)
         self.shed = Counter("epp_shed_requests", "Requests shed because the pool is saturated.", registry=r)
+        # The per-request observations of the label-less series above, through the cheaper writers.
+        self._e2e_series = HistogramSeries(self.scheduler_e2e)
+        self._prefix_ratio_series = HistogramSeries(self.prefix_match_ratio)
+        self._actual_ratio_series = HistogramSeries(self.prefix_actual_ratio)
         self.scrape_errors = Counter(
             "epp_scrape_errors", "Failed metrics scrapes by endpoint.", ["endpoint"], registry=r
         )
@@ -207,7 +211,7 @@ class EppMetrics:
             ["endpoint", "outcome"],
             registry=r,
         )
-        self._attempt = LabelledChildren(self.attempts)
+        self._attempt = LabelledValues(self.attempts)
         self.retries = Counter(
             "epp_retries", "Requests scheduled again on another pod, by the failure.", ["reason"], registry=r
         )
@@ -234,9 +238,9 @@ class EppMetrics:
             "", f"v{__version__}"
         ).set(1)
         self._plugin = LabelledChildren(self.plugin_duration)
-        self._decision = LabelledChildren(self.decisions)
-        self._scheduled = LabelledChildren(self.scheduler_attempts)
-        self._retry = LabelledChildren(self.retries)
+        self._decision = LabelledValues(self.decisions)
+        self._scheduled = LabelledValues(self.scheduler_attempts)
+        self._retry = LabelledValues(self.retries)
         r.register(DatastoreCollector(datastore, clock, pool_name))
         # Drop per-endpoint series of endpoints that leave the pool.
         datastore.subscribe(self._on_endpoint_event)
@@ -258,7 +262,7 @@ class EppMetrics:
             counts.cached = report.cached_prompt_tokens
         prompt, cached = report.prompt_tokens, report.cached_prompt_tokens
         if prompt and prompt > 0 and cached is not None:
-            self.prefix_actual_ratio.observe(min(1.0, max(0.0, cached / prompt)))
+            self._actual_ratio_series.observe(min(1.0, max(0.0, cached / prompt)))
 
     def on_retry(self, reason: str) -> None:
         self._retry(reason).inc()
@@ -278,10 +282,10 @@ class EppMetrics:
     ) -> None:
         """One decision: `result` is an epp.picking RESULT_* label; `endpoint` the pick, if any."""
         self._decision(strategy, result).inc()
-        self.scheduler_e2e.observe(latency_s)
+        self._e2e_series.observe(latency_s)
         self.requests.request_processing_series.observe(latency_s)
         if prefix_match_ratio is not None:
-            self.prefix_match_ratio.observe(min(1.0, max(0.0, prefix_match_ratio)))
+            self._prefix_ratio_series.observe(min(1.0, max(0.0, prefix_match_ratio)))
         if result == RESULT_SHED:
             self.shed.inc()
         if endpoint is None:

@@ -17,8 +17,9 @@ from epp.labelled_metrics import (
     DEFAULT_LABEL_CAP,
     CappedLabel,
     HistogramSeries,
-    LabelledChildren,
     LabelledSeries,
+    LabelledValues,
+    ValueSeries,
 )
 from epp.scheduling.types import Criticality, LLMRequest
 
@@ -189,10 +190,10 @@ class RequestMetrics:
         ) -> Histogram:
             return Histogram(name, doc, [*labels, *extra], buckets=buckets, registry=r)
 
-        self.total = LabelledChildren(
+        self.total = LabelledValues(
             Counter("llm_d_epp_request", "Requests routed or refused.", labels, registry=r)
         )
-        self.errors = LabelledChildren(
+        self.errors = LabelledValues(
             Counter(
                 "llm_d_epp_request_error",
                 "Requests ended in an error status.",
@@ -224,7 +225,7 @@ class RequestMetrics:
                 "llm_d_epp_request_cached_tokens", "Prompt tokens read from cache.", INPUT_TOKEN_BUCKETS
             )
         )
-        self.running = LabelledChildren(
+        self.running = LabelledValues(
             Gauge("llm_d_epp_request_running", "Requests routed and not over.", labels, registry=r)
         )
         self.ttft = LabelledSeries(
@@ -271,7 +272,7 @@ class RequestMetrics:
             buckets=STREAM_DURATION_BUCKETS,
             registry=r,
         )
-        self.streams = LabelledChildren(
+        self.streams = LabelledValues(
             Counter(
                 "llm_d_epp_extproc_streams", "ext_proc streams ended, by gRPC status.", ["code"], registry=r
             )
@@ -280,6 +281,7 @@ class RequestMetrics:
         self.request_processing_series = HistogramSeries(self.request_processing)
         self.response_processing_series = HistogramSeries(self.response_processing)
         self._stream_duration = HistogramSeries(self.stream_duration)
+        self._streams_inflight = ValueSeries(self.streams_inflight)
 
     def reserve_models(self, names: Iterable[str]) -> None:
         """Models the config names: they keep their own label whatever clients send."""
@@ -341,9 +343,9 @@ class RequestMetrics:
 
     # -- ext_proc streams (Envoy plane) ---------------------------------------------------------------
     def stream_started(self) -> None:
-        self.streams_inflight.inc()
+        self._streams_inflight.inc()
 
     def stream_finished(self, code: str, seconds: float) -> None:
-        self.streams_inflight.dec()
+        self._streams_inflight.dec()
         self._stream_duration.observe(seconds)
         self.streams(code).inc()

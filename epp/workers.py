@@ -84,7 +84,10 @@ class Supervisor:
         self._state = _State()
 
     def _say(self, text: str) -> None:
-        print(f"{self._plan.name}: {text}", file=self._log, flush=True)
+        # One write per line: the workers log to the same stream, and `print` writes the text and its newline
+        # separately, so on an unbuffered stream a worker's line could land between them.
+        self._log.write(f"{self._plan.name}: {text}\n")
+        self._log.flush()
 
     def _spawn(self, index: int) -> None:
         receive, send = self._ctx.Pipe(duplex=False)

@@ -24,12 +24,14 @@ from epp.request import request_id_from
 from epp.routes import MODELS_PATH, AllowedRoutes
 from gateway.asgi import (
     BODY_BUFFERED,
+    DISCONNECT_HOOK,
     BadHeaders,
     BodyBudget,
     BodyTimeout,
     BodyTooLarge,
     BuffersFull,
     ClientGone,
+    DisconnectHook,
     Receive,
     Scope,
     Send,
@@ -153,7 +155,7 @@ class GatewayApp:
             except ClientGone:
                 ctx.result = OUTCOME_CLIENT_GONE
             else:
-                await self._answer_until_disconnect(ctx, receive, send)
+                await self._answer_until_disconnect(ctx, receive, send, scope.get(DISCONNECT_HOOK))
         finally:
             lease.release()
             self._metrics.in_flight.dec()
@@ -176,24 +178,35 @@ class GatewayApp:
         with contextlib.suppress(OSError):
             await relay(reply, send, ctx)
 
-    async def _answer_until_disconnect(self, ctx: RequestContext, receive: Receive, send: Send) -> None:
-        """Answer in this task; a watcher cancels it if the client leaves (one task, not two and a wait)."""
+    async def _answer_until_disconnect(
+        self, ctx: RequestContext, receive: Receive, send: Send, hook: DisconnectHook | None
+    ) -> None:
+        """Answer in this task, cancelled if the client leaves: the edge's `hook` says so when it serves
+        (no extra task), else a task watching `receive` does."""
         answering = asyncio.current_task()
         assert answering is not None
         stopped_by_watcher = False
 
-        def client_left(watcher: asyncio.Future[None]) -> None:
+        def client_left() -> None:
             nonlocal stopped_by_watcher
             # Only while the answer runs: a watcher that finished just as the answer did must not cancel
             # whatever this task does next.
-            if not watcher.cancelled() and not done:
+            if not done:
                 stopped_by_watcher = True
                 ctx.result = OUTCOME_CLIENT_GONE
                 answering.cancel()
 
+        def watcher_done(watcher: asyncio.Future[None]) -> None:
+            if not watcher.cancelled():
+                client_left()
+
         done = False
-        gone = asyncio.ensure_future(wait_disconnect(receive))
-        gone.add_done_callback(client_left)
+        gone: asyncio.Future[None] | None = None
+        if hook is not None:
+            hook.callback = client_left
+        else:
+            gone = asyncio.ensure_future(wait_disconnect(receive))
+            gone.add_done_callback(watcher_done)
         try:
             await self._answer(ctx, send)
         except asyncio.CancelledError:
@@ -202,7 +215,10 @@ class GatewayApp:
                 raise
         finally:
             done = True
-            gone.cancel()
+            if hook is not None:
+                hook.callback = None
+            if gone is not None:
+                gone.cancel()
 
     async def _answer(self, ctx: RequestContext, send: Send) -> None:
         try:
@@ -218,7 +234,7 @@ class GatewayApp:
         finally:
             for cleanup in reversed(ctx.cleanups):
                 try:
-                    await cleanup()
+                    cleanup()
                 except Exception:
                     logger.exception("cleanup failed for request_id=%s", ctx.request_id)
 

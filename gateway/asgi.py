@@ -25,6 +25,17 @@ JSON = b"application/json"
 # Scope key the edge (gateway/edge.py) sets once the server holds a request's whole body: the app's first
 # receive() then returns it at once, so reading it needs no timer.
 BODY_BUFFERED = "epp.body_buffered"
+DISCONNECT_HOOK = "epp.on_disconnect"  # scope key of the edge's DisconnectHook (gateway/edge.py)
+
+
+class DisconnectHook:
+    """Set in the scope by the gateway's edge: `callback`, when set, is called once if the client's
+    connection is lost before the answer is complete (so the app needs no task watching `receive`)."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self) -> None:
+        self.callback: Callable[[], None] | None = None
 
 
 class BodyTooLarge(Exception):

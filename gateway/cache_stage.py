@@ -7,7 +7,7 @@ tees the answer into an AnswerRecorder as it is relayed (no chunk waits for the 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 from epp.cache.front import AnswerRecorder, Begun, CacheFront
 from gateway.asgi import Headers
@@ -33,7 +33,8 @@ class CacheStage:
         recorder = begun.recorder
         if recorder is not None:
             ctx.headers["accept-encoding"] = "identity"
-            ctx.cleanups.append(_abandon_if_unfinished(recorder))
+            # A no-op once finished: covers a request that never got a reply.
+            ctx.cleanups.append(recorder.abandon)
         extra = begun.headers
         ctx.reply_hooks.append(lambda reply: TeeReply(reply, extra, recorder))
         return None
@@ -52,6 +53,10 @@ class HitReply:
         for chunk in self._chunks:
             yield chunk
 
+    @property
+    def last_chunk(self) -> bool:
+        return False
+
 
 class TeeReply:
     """The forwarded answer with the cache header added, fed to the recorder as it passes."""
@@ -69,6 +74,10 @@ class TeeReply:
                 found.get(b"content-encoding", b"").decode("latin-1"),
             )
 
+    @property
+    def last_chunk(self) -> bool:
+        return self._inner.last_chunk
+
     async def chunks(self) -> AsyncIterator[bytes]:
         recorder = self._recorder
         if recorder is None or isinstance(self._inner, BytesReply):  # the gateway's own answers: errors
@@ -85,10 +94,3 @@ class TeeReply:
             complete = True
         finally:
             recorder.finish(complete)
-
-
-def _abandon_if_unfinished(recorder: AnswerRecorder) -> Callable[[], Awaitable[None]]:
-    async def cleanup() -> None:
-        recorder.abandon()  # no-op once finished: covers a request that never got a reply
-
-    return cleanup

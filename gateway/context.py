@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -34,6 +34,12 @@ class Reply(Protocol):
 
     def chunks(self) -> AsyncIterator[bytes]: ...
 
+    @property
+    def last_chunk(self) -> bool:
+        """True when the chunk `chunks()` just yielded is known to be the body's last (the relay then ends
+        the response with it, one ASGI send fewer); False when unknown."""
+        ...
+
 
 @dataclass(slots=True)
 class BytesReply:
@@ -45,6 +51,10 @@ class BytesReply:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         yield self.body
+
+    @property
+    def last_chunk(self) -> bool:
+        return True
 
 
 def error_json(exc: BaseException) -> BytesReply:
@@ -68,7 +78,7 @@ class RequestContext:
     provider: ProviderAttempts | None = None  # providers: a request sent to an LLM provider instead
     status: int | None = None  # the status sent to the client
     result: str = OUTCOME_OK
-    cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run when the reply ends
+    cleanups: list[Callable[[], None]] = field(default_factory=list)  # run when the reply ends
     reply_hooks: list[Callable[[Reply], Reply]] = field(default_factory=list)  # wrap the final reply
     cache_status: str = "-"  # cache: hit-exact | hit-semantic | miss | bypass ("-": not selected)
 

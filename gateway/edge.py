@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from epp import limits
-from gateway.asgi import BODY_BUFFERED, error_body
+from gateway.asgi import BODY_BUFFERED, DISCONNECT_HOOK, DisconnectHook, error_body
 
 LINGER_S = 1.0  # after a refusal, how long what the client still sends is read and dropped
 
@@ -75,6 +75,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._body_overdue = False
         self._refusal: Refusal | None = None
         self._refused = False
+        self._hooks: list[tuple[RequestResponseCycle, DisconnectHook]] = []  # of answers not yet complete
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -83,6 +84,11 @@ class EdgeProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
         super().connection_lost(exc)
+        hooks, self._hooks = self._hooks, []
+        for cycle, hook in hooks:
+            if hook.callback is not None and not cycle.response_complete:
+                callback, hook.callback = hook.callback, None
+                callback()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -149,6 +155,13 @@ class EdgeProtocol(HttpToolsProtocol):
         self._raw_head_bytes = 0
         self._check_framing()
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None:
+            # Pipelined requests keep their hooks until their answers are complete.
+            self._hooks = [(c, h) for c, h in self._hooks if not c.response_complete]
+            hook = DisconnectHook()
+            cast(dict[str, Any], cycle.scope)[DISCONNECT_HOOK] = hook
+            self._hooks.append((cycle, hook))
         self._body_overdue = False
         # The timer is armed after this read is parsed, and only if the body is still incomplete by then: a
         # request that came in one read (most do) costs no timer.

@@ -10,16 +10,16 @@ chunk timeout or breaks off ends an SSE stream with an error event (a JSON answe
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
 
 from epp.pod_auth import PodCredentials, headers_for_pod
 from epp.requestcontrol import lifecycle as lc
-from epp.requestcontrol.lifecycle import RequestLifecycle
 from gateway.asgi import error_body
 from gateway.context import (
     OUTCOME_UPSTREAM_FAILED,
@@ -65,7 +65,7 @@ class ForwardStage:
     async def run(self, ctx: RequestContext) -> Reply | None:
         lifecycle = ctx.lifecycle
         assert lifecycle is not None, "schedule runs first"
-        ctx.cleanups.append(_close_lifecycle(lifecycle))
+        ctx.cleanups.append(lifecycle.close)  # an attempt still open when the reply ends: the client left
         headers = headers_for_pod(self._pod_credentials, forwardable_headers(ctx.headers))
         body = ctx.upstream_body
 
@@ -122,7 +122,7 @@ async def forward(
             raise
         else:
             if response.status < 500:
-                ctx.cleanups.append(_finish_response(response))
+                ctx.cleanups.append(functools.partial(_finish_response, response))
                 return UpstreamReply(response, first, ctx, attempts, chunk_filter)
             reply = await _upstream_error(response, first, attempts)
             if attempts.retry(lc.HTTP_5XX) is None:
@@ -183,18 +183,8 @@ def _failure_reply(error: str, attempts: int) -> BytesReply:
     return BytesReply(502, error_body(502, message, "upstream_unavailable", "api_error"))
 
 
-def _close_lifecycle(lifecycle: RequestLifecycle) -> Callable[[], Awaitable[None]]:
-    async def close() -> None:
-        lifecycle.close()  # an attempt still open when the reply ends: the client left
-
-    return close
-
-
-def _finish_response(response: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
-    async def finish() -> None:
-        if response.content.is_eof():
-            response.release()  # the whole body was read: the connection is reused
-        else:
-            response.close()  # cut short: the connection cannot carry another request
-
-    return finish
+def _finish_response(response: aiohttp.ClientResponse) -> None:
+    if response.content.is_eof():
+        response.release()  # the whole body was read: the connection is reused
+    else:
+        response.close()  # cut short: the connection cannot carry another request

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from epp.labelled_metrics import LabelledChildren
+from epp.labelled_metrics import LabelledValues, ValueSeries
 from epp.metrics import PickerRegistry
 from epp.otel_metrics import GenAIMetrics
 from epp.request_metrics import RequestMetrics
@@ -25,10 +25,11 @@ class GatewayMetrics:
             ["route", "status", "endpoint", "result"],
             registry=r,
         )
-        self.request_count = LabelledChildren(self.requests)
-        self.in_flight = Gauge(
+        self.request_count = LabelledValues(self.requests)
+        self.in_flight_gauge = Gauge(
             "epp_gateway_in_flight_requests", "Requests the gateway is handling.", registry=r
         )
+        self.in_flight = ValueSeries(self.in_flight_gauge)  # moved on every request: the cheaper writer
         self.genai = GenAIMetrics(r)
         # The picker's llm_d_epp_request_* families when the registry is the picker's (registered once)
         self.picker: RequestMetrics | None = (

@@ -16,7 +16,7 @@ import asyncio
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from epp.config.traffic.config import TrafficConfig
 from epp.config.traffic.policy import UpstreamTLS
@@ -74,7 +74,7 @@ class ProviderStage:
             raise RequestError(400, "Request body is empty.", code="invalid_body")
         attempts = ProviderAttempts(choice, self.health, self._metrics, ctx.started, self._retry)
         ctx.provider = attempts
-        ctx.cleanups.append(_close(attempts))
+        ctx.cleanups.append(attempts.close)
         rewritten: dict[str, RewrittenBody] = {}
         first = self._rewrite(attempts.target, ctx.body)  # a bad body is the client's 400, before any send
         ctx.stream = first.stream
@@ -126,10 +126,3 @@ class ProviderStage:
         if ctx is None:
             ctx = self._ssl[tls] = tls_context(tls)
         return ctx
-
-
-def _close(attempts: ProviderAttempts) -> Callable[[], Awaitable[None]]:
-    async def close() -> None:
-        attempts.close()
-
-    return close

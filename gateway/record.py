@@ -103,6 +103,10 @@ class MeteredReply:
         content_type = next((v for k, v in inner.headers if k.lower() == b"content-type"), b"")
         stats.watcher = ResponseWatcher(content_type.decode("latin-1"))
 
+    @property
+    def last_chunk(self) -> bool:
+        return self._inner.last_chunk
+
     async def chunks(self) -> AsyncIterator[bytes]:
         stats, clock = self._stats, self._clock
         handling = 0.0

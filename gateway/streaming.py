@@ -19,14 +19,20 @@ async def relay(reply: Reply, send: Send, ctx: RequestContext) -> None:
     """
     ctx.status = reply.status
     await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+    ended = False
     try:
         async for chunk in reply.chunks():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if ended:  # the reply broke its word: the response is complete, so what follows cannot go out
+                logger.error("request_id=%s: a chunk after the last one was dropped", ctx.request_id)
+                continue
+            ended = reply.last_chunk
+            await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
     except UpstreamAborted as exc:
         logger.warning("request_id=%s: %s broke off its response: %s", ctx.request_id, _pod(ctx), exc)
         ctx.result = OUTCOME_UPSTREAM_ABORTED
         return
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    if not ended:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _pod(ctx: RequestContext) -> str:

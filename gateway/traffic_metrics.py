@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from epp.labelled_metrics import LabelledChildren
+from epp.labelled_metrics import LabelledValues
 
 NO_ROUTE = "-"  # the `route` label of a request sent to a provider's own host
 
@@ -48,9 +48,9 @@ class TrafficMetrics:
             ["provider", "service"],
             registry=r,
         )
-        self.request_count = LabelledChildren(self.requests)
-        self.error_count = LabelledChildren(self.errors)
-        self.fallback_count = LabelledChildren(self.fallbacks)
+        self.request_count = LabelledValues(self.requests)
+        self.error_count = LabelledValues(self.errors)
+        self.fallback_count = LabelledValues(self.fallbacks)
 
     def on_ejection(self, provider: str, ejected: bool, reason: str, service: str) -> None:
         """An OutlierDetector listener, with the service bound (gateway.provider_attempts)."""

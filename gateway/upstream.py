@@ -185,6 +185,7 @@ class UpstreamReply:
         self.status = response.status
         self.headers: Headers = relayed_headers(response, attempts.endpoint.name)
         self._watcher = ResponseWatcher(response.headers.get("content-type", ""))
+        self.last_chunk = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         attempts, watcher, content, keep = self._attempts, self._watcher, self._response.content, self._filter
@@ -194,6 +195,7 @@ class UpstreamReply:
                 first_content = watcher.feed(chunk)
                 out = chunk if keep is None else keep(chunk)
                 if out:
+                    self.last_chunk = content.at_eof()  # all read: the relay ends the response with it
                     yield out
                 if first_content:  # after the send: this is when the client has its first token
                     attempts.first_token()

@@ -28,7 +28,9 @@ from epp.scheduling.plugins import PluginConfigError, PluginDeps, PluginRegistry
 from epp.scheduling.types import CLIENT_GONE, AttemptReport, Candidate, SchedulingContext
 from epp.tokenization.base import PromptTokenizer
 from epp.tokenization.simulated import VOCAB_SIZE, SimulatorTokenizer, Tokenizer
+from scorers.plugin_refs import resolve_plugin_ref
 from scorers.prefix_alignment import BlockAlignment
+from scorers.prefix_cache_scorer import TYPE_NAME as PREFIX_TYPE
 from scorers.prefix_cache_scorer import PrefixCacheScorer
 
 TYPE_NAME = "precise-prefix-cache-scorer"
@@ -144,6 +146,25 @@ class PrecisePrefixCacheScorer:
         """The ratio this cycle predicted for `pod` (None if it was not scored), for hit-ratio metrics."""
         return self.cycle_match(ctx).ratios.get(pod)
 
+    def cached_chars(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> dict[str, float]:
+        """Pod -> prompt characters it is predicted to hold (absent: none): its ratio times the prompt's
+        characters, for the `candidates` (scored now) and the pods scored earlier in this cycle."""
+        match = self.cycle_match(ctx)
+        if candidates:
+            self.match_ratios(ctx, candidates)
+        chars = len(ctx.request.prompt)
+        return {pod: r * chars for pod, r in match.ratios.items() if r > 0.0}
+
+    def matched_key(self, ctx: SchedulingContext, pod: str) -> int | None:
+        """The key of the last leading block `pod` holds (None: none, or not scored this cycle); the
+        fallback's hash for a pod it scored."""
+        match = self.cycle_match(ctx)
+        if pod in match.approximate:
+            return self.fallback.matched_key(ctx, pod)
+        depth = match.matched.get(pod, 0)
+        keys = match.keys.get(self.index.block_size(pod) or self.block_size)
+        return keys[depth - 1] if depth > 0 and keys else None
+
     def pre_request(self, ctx: SchedulingContext, endpoint: Endpoint) -> None:
         """Credit the pick's keys to the pod for a short while (its events confirm or let them expire)."""
         pod = endpoint.name
@@ -191,13 +212,10 @@ def factory(name: str, params: Mapping[str, Any], deps: PluginDeps) -> PrecisePr
             "enable KV events for the pool"
         )
     if p.prefix_cache_plugin is not None:
-        found = deps.plugins.get(p.prefix_cache_plugin)
-        if not isinstance(found, PrefixCacheScorer):
-            raise PluginConfigError(
-                f"plugin {name!r}: parameter 'prefixCachePlugin': {p.prefix_cache_plugin!r} is not a "
-                "prefix-cache-scorer listed before this plugin"
-            )
-        fallback, own = found, False
+        fallback = resolve_plugin_ref(
+            name, "prefixCachePlugin", p.prefix_cache_plugin, deps, (PrefixCacheScorer,), (PREFIX_TYPE,)
+        )
+        own = False
     else:
         alignment = BlockAlignment("tokens", default_pod_block_tokens=p.block_size)
         fallback, own = PrefixCacheScorer(f"{name}-approximate", alignment=alignment), True

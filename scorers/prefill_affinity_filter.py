@@ -21,9 +21,10 @@ has requests in flight, and some pod lacking the prefix is idle (nothing in flig
 in tokens, nothing running or waiting at its last scrape), only the idle pods pass. A returning user's own
 history ends at a block no one else reaches, so conversations stay put. `hotPrefixRequests: 0` turns it off.
 
-It is an affinity filter: a retry with relaxed affinity skips it. Prefix-routed decisions log GIE's line
-(`Do prefix-aware routing!`), broken ones `Prefix affinity broken`, spread ones `Hot prefix spread`, at
-INFO and at most LOG_LINES_PER_SECOND a second; the rest at DEBUG.
+`prefixPluginRef` names a `prefix-cache-scorer` or a `precise-prefix-cache-scorer` (what the pods' KV events
+say they hold; use the load plugin's one). It is an affinity filter: a retry with relaxed affinity skips it.
+Prefix-routed decisions log GIE's line (`Do prefix-aware routing!`), broken ones `Prefix affinity broken`,
+spread ones `Hot prefix spread`, at INFO and at most LOG_LINES_PER_SECOND a second; the rest at DEBUG.
 """
 
 from __future__ import annotations
@@ -33,35 +34,29 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from epp.scheduling.log_limit import LogRateLimiter
 from epp.scheduling.params import parse_params, reject_moved_thresholds
-from epp.scheduling.plugins import PluginConfigError, PluginDeps, PluginRegistry
+from epp.scheduling.plugins import PluginDeps, PluginRegistry
 from epp.scheduling.saturation import SaturationDetector
 from epp.scheduling.types import Candidate, SchedulingContext
 from scorers.hot_prefixes import HotPrefixes
+from scorers.plugin_refs import resolve_plugin_ref
 from scorers.prefill_load_scorer import TYPE_NAME as LOAD_SCORER_TYPE
-from scorers.prefill_load_scorer import PrefillLoadScorer, resolve_prefix
-from scorers.prefix_cache_scorer import TYPE_NAME as PREFIX_SCORER_TYPE
-from scorers.prefix_cache_scorer import PrefixCacheScorer
+from scorers.prefill_load_scorer import PrefillLoadScorer, PrefixPlugin, resolve_prefix
+from scorers.prefix_affinity_common import LOG_LINES_PER_SECOND, AffinityParams, DecisionLog, best_matches
 
 TYPE_NAME = "prefill-affinity-filter"
 DECISION_KEY = "prefill_affinity"
 """Key in ctx.cycle.data of this filter's decision: ratio, applied, broken, warm_wait_s, cold_wait_s, kept."""
-LOG_LINES_PER_SECOND = 20.0
 
 logger = logging.getLogger(__name__)
 
 
-class PrefillAffinityParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+class PrefillAffinityParams(AffinityParams):
     wait_bound: float = Field(default=0.25, ge=0.0, le=100.0, alias="waitBound")
     wait_bound_seconds: float = Field(default=0.0, ge=0.0, le=3600.0, alias="waitBoundSeconds")
     hot_prefix_requests: float = Field(default=3.0, ge=0.0, le=1e6, alias="hotPrefixRequests")
-    prefix_plugin_ref: str = Field(default=PREFIX_SCORER_TYPE, min_length=1, alias="prefixPluginRef")
     load_plugin_ref: str = Field(default=LOAD_SCORER_TYPE, min_length=1, alias="loadPluginRef")
 
 
@@ -71,7 +66,7 @@ class PrefillAffinityFilter:
     def __init__(
         self,
         name: str,
-        prefix: PrefixCacheScorer,
+        prefix: PrefixPlugin,
         load: PrefillLoadScorer,
         threshold: float = 0.5,
         wait_bound: float = 0.25,
@@ -90,32 +85,15 @@ class PrefillAffinityFilter:
         self.saturation = saturation or SaturationDetector()
         self._clock = clock
         self._hot = HotPrefixes()
-        self._log_limit = LogRateLimiter(LOG_LINES_PER_SECOND, clock=clock)
+        self._decisions = DecisionLog(logger, LOG_LINES_PER_SECOND, clock)
 
     def filter(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> list[Candidate]:
-        is_saturated = self.saturation.is_saturated
-        fresh = [c for c in candidates if not is_saturated(c)]
-        best = 0.0
-        warm: list[Candidate] = []
-        if fresh:
-            ratios = self.prefix.match_ratios(ctx, fresh)
-            best = max(ratios.values())
-            if best > self.threshold:
-                warm = [c for c in fresh if ratios[c.endpoint.name] == best]
+        best, warm, fresh = best_matches(self.prefix, self.saturation, ctx, candidates, self.threshold)
         decision: dict[str, Any] = {"ratio": best, "threshold": self.threshold, "applied": False}
         ctx.cycle.data[DECISION_KEY] = decision
         if not warm:
             decision.update(broken=False, kept=[])
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug(
-                    "No prefix-aware routing: request %s best matching ratio %.2f <= %.2f "
-                    "among %d non-saturated of %d candidates",
-                    ctx.request.request_id,
-                    best,
-                    self.threshold,
-                    len(fresh),
-                    len(candidates),
-                )
+            self._decisions.not_routed(ctx, best, self.threshold, fresh, len(candidates))
             return list(candidates)
         waits = self.load.estimated_waits(ctx, candidates)
         warm_names = {c.endpoint.name for c in warm}
@@ -153,12 +131,11 @@ class PrefillAffinityFilter:
         good, which the per-request wait comparison cannot see. Empty otherwise."""
         if self.hot_prefix_requests <= 0 or len(warm) == len(candidates):
             return []
-        match = self.prefix.cycle_match(ctx)
-        depth = match.matched.get(warm[0].endpoint.name, 0)
-        if depth <= 0:
+        key = self.prefix.matched_key(ctx, warm[0].endpoint.name)
+        if key is None:
             return []
         # (Counts decay continuously: n requests in quick succession count a hair under n.)
-        if self._hot.touch(match.hashes[depth - 1], self._clock()) + 1e-3 < self.hot_prefix_requests:
+        if self._hot.touch(key, self._clock()) + 1e-3 < self.hot_prefix_requests:
             return []
         if any(c.in_flight == 0 for c in warm):
             return []
@@ -183,26 +160,13 @@ class PrefillAffinityFilter:
         cold_wait: float | None,
         names: list[str],
     ) -> None:
-        if not logger.isEnabledFor(logging.INFO):
+        suffix = self._decisions.info_slot()
+        if suffix is None:
             return
-        dropped = self._log_limit.acquire()
-        if dropped is None:
-            return
-        suffix = f" ({dropped} similar lines suppressed)" if dropped else ""
         cold = "none" if cold_wait is None else f"{cold_wait:.3f}s"
         if what == "applied":
-            # The ratio's shape copies GIE's structured log, which the seed checks grep for.
-            logger.info(
-                'Do prefix-aware routing! request %s "matching ratio": " %.2f > %.2f" keeping %s '
-                "(estimated wait %.3fs, other pods %s)%s",
-                ctx.request.request_id,
-                best,
-                self.threshold,
-                names,
-                warm_wait,
-                cold,
-                suffix,
-            )
+            detail = f" (estimated wait {warm_wait:.3f}s, other pods {cold})"
+            self._decisions.routed(ctx, best, self.threshold, names, suffix, detail)
         elif what == "spread":
             logger.info(
                 "Hot prefix spread: request %s matching ratio %.2f on busy pods, sent to idle %s%s",
@@ -230,18 +194,9 @@ def factory(name: str, params: Mapping[str, Any], deps: PluginDeps) -> PrefillAf
     reject_moved_thresholds(name, params)
     p = parse_params(PrefillAffinityParams, name, params)
     prefix = resolve_prefix(name, p.prefix_plugin_ref, deps)
-    ref = p.load_plugin_ref
-    load = deps.plugins.get(ref)
-    if load is None:
-        raise PluginConfigError(
-            f"plugin {name!r}: parameter 'loadPluginRef': no plugin named {ref!r} is defined before it "
-            f"(define a {LOAD_SCORER_TYPE!r} plugin with that name earlier in the config)"
-        )
-    if not isinstance(load, PrefillLoadScorer):
-        raise PluginConfigError(
-            f"plugin {name!r}: parameter 'loadPluginRef': plugin {ref!r} is a {type(load).__name__}, "
-            f"not a {LOAD_SCORER_TYPE!r}"
-        )
+    load = resolve_plugin_ref(
+        name, "loadPluginRef", p.load_plugin_ref, deps, (PrefillLoadScorer,), (LOAD_SCORER_TYPE,)
+    )
     return PrefillAffinityFilter(
         name,
         prefix,

@@ -3,8 +3,9 @@
 A pod's estimated wait is `overhead + (backlog + own) / rate + per_request * requests`:
 
 - `own`: this request's uncached prompt tokens on that pod, i.e. its prompt minus the leading blocks the
-  `prefix-cache-scorer` (`prefixPluginRef`) predicts the pod holds. Prompt characters become tokens at a
-  ratio learned from the pods' `usage.prompt_tokens` (prior `charsPerToken`).
+  `prefix-cache-scorer` (or `precise-prefix-cache-scorer`: its ratio's share of the prompt; `prefixPluginRef`)
+  predicts the pod holds. Prompt characters become tokens at a ratio learned from the pods'
+  `usage.prompt_tokens` (prior `charsPerToken`).
 - `backlog`: the uncached tokens epp sent to the pod that have not reached their first token yet
   (scorers/prefill_backlog.py: added at pre-request, removed at first token, completion or failure, for the
   pod each attempt really went to, and drained at the pod's rate when no event comes).
@@ -13,7 +14,12 @@ A pod's estimated wait is `overhead + (backlog + own) / rate + per_request * req
   prefill down.
 - `rate`, `overhead`, `per_request`: learned per pod from streamed requests' TTFT against the work and the
   requests they waited behind (scorers/prefill_rate.py); no per-hardware constant, only a prior
-  (`priorTokensPerSecond`; no per-request cost).
+  (`priorTokensPerSecond`; no per-request cost). Where epp sees no first token (behind Envoy, ext_proc;
+  unstreamed answers) the same fit learns from the pod's own counters instead: each new scrape a candidate
+  carries is offered to scorers/prefill_scrape_rate.py, and a scrape window with enough prefill becomes one
+  observation (its mean uncached prompt against its mean prefill seconds, nothing queued ahead; a pod's first
+  one also replaces the prior). A window in which a first token was observed gives none: the TTFT fit,
+  which also sees epp's queue, keeps the lead.
 
 Score = lowest estimated wait among the candidates / the pod's, so the quickest pod scores 1 and one twice as
 slow 0.5. New users and cold prompts therefore spread by token load, and requests sent back to back count at
@@ -31,15 +37,22 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from epp.datastore import Endpoint, EndpointEvent
+from epp.datastore import Endpoint, EndpointEvent, MetricsSnapshot
 from epp.scheduling.params import parse_params
-from epp.scheduling.plugins import PluginConfigError, PluginDeps, PluginRegistry
+from epp.scheduling.plugins import PluginDeps, PluginRegistry
 from epp.scheduling.types import AttemptReport, Candidate, SchedulingContext
 from scorers.chars_per_token import DEFAULT_CHARS_PER_TOKEN, CharsPerToken
+from scorers.plugin_refs import resolve_plugin_ref
+from scorers.precise_prefix_cache_scorer import TYPE_NAME as PRECISE_TYPE
+from scorers.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
 from scorers.prefill_backlog import PrefillBacklog
 from scorers.prefill_rate import DEFAULT_PRIOR_RATE, PrefillRateEstimator
+from scorers.prefill_scrape_rate import ScrapeRates
 from scorers.prefix_cache_scorer import TYPE_NAME as PREFIX_SCORER_TYPE
 from scorers.prefix_cache_scorer import PrefixCacheScorer
+
+# The prefix plugins it can read: the approximate index of epp's own picks, or the pods' KV events.
+PrefixPlugin = PrefixCacheScorer | PrecisePrefixCacheScorer
 
 TYPE_NAME = "prefill-load-scorer"
 
@@ -75,7 +88,7 @@ class PrefillLoadScorer:
     def __init__(
         self,
         name: str = TYPE_NAME,
-        prefix: PrefixCacheScorer | None = None,
+        prefix: PrefixPlugin | None = None,
         chars_per_token: float = DEFAULT_CHARS_PER_TOKEN,
         prior_rate: float = DEFAULT_PRIOR_RATE,
         clock: Callable[[], float] = time.perf_counter,
@@ -85,6 +98,8 @@ class PrefillLoadScorer:
         self.cpt = CharsPerToken(chars_per_token)
         self.rates = PrefillRateEstimator(prior_rate)
         self.backlog = PrefillBacklog()
+        self.scrapes = ScrapeRates()
+        self._scraped_at: dict[str, float] = {}  # pod -> `scraped_at` of the last scrape offered
         self.clock = clock
         self._attempts_key = f"{TYPE_NAME}:{name}:attempts"  # pod -> _Attempt
         self._waits_key = f"{TYPE_NAME}:{name}:waits"  # (generation, {pod: seconds})
@@ -100,17 +115,19 @@ class PrefillLoadScorer:
         if event is EndpointEvent.REMOVED:
             self.backlog.forget(endpoint.name)
             self.rates.forget(endpoint.name)
+            self.scrapes.forget(endpoint.name)
+            self._scraped_at.pop(endpoint.name, None)
         elif event is EndpointEvent.RESTARTED:
             self.backlog.forget(endpoint.name)
+            self.scrapes.forget(endpoint.name)
 
     # -- estimates ----------------------------------------------------------------------------------------
     def uncached_tokens(self, ctx: SchedulingContext, pod: str) -> float:
         """This request's prompt tokens `pod` must prefill: the prompt minus its predicted cached blocks."""
-        chars = len(ctx.request.prompt)
+        chars = float(len(ctx.request.prompt))
         prefix = self.prefix
         if prefix is not None:
-            match = prefix.cycle_match(ctx)
-            chars = max(0, chars - match.matched.get(pod, 0) * match.block_size)
+            chars = max(0.0, chars - prefix.cached_chars(ctx, ()).get(pod, 0.0))
         return chars / self.cpt.value
 
     def pending_tokens(self, pod: str, now: float | None = None) -> float:
@@ -141,26 +158,27 @@ class PrefillLoadScorer:
         chars = len(ctx.request.prompt)
         per_char = 1.0 / self.cpt.value / 1000.0  # kilotokens per character
         prefix = self.prefix
-        match = prefix.cycle_match(ctx) if prefix is not None else None
-        matched: dict[str, int] = match.matched if match is not None else {}
-        block = match.block_size if match is not None else 0
+        cached = prefix.cached_chars(ctx, pods) if prefix is not None else {}
         rates = self.rates
         queued = self.backlog.queued(now, rates.rate)
         models = rates.models
         requests: dict[str, float] = ctx.cycle.data.setdefault(self._requests_key, {})
+        scraped_at = self._scraped_at
         whole = chars * per_char
         for c in pods:
             pod = c.endpoint.name
+            m = c.metrics
+            if m.prefill_time_s is not None and m.scraped_at != scraped_at.get(pod):
+                self.observe_scrape(pod, m)
             theta = (models.get(pod) or rates.model(pod)).theta
-            hit = matched.get(pod)
+            hit = cached.get(pod)
             if hit:
-                own = chars - hit * block
+                own = chars - hit
                 ktok = own * per_char if own > 0 else 0.0
             else:
                 ktok = whole
             # The requests past their prefill (decoding): in flight as least-request counts it (epp's own
             # count, or the scrape's when it sees more) minus those still queued, already counted in tokens.
-            m = c.metrics
             n = m.running + m.waiting
             if c.in_flight > n:
                 n = c.in_flight
@@ -173,6 +191,26 @@ class PrefillLoadScorer:
                 out[pod] = theta[0] + ktok * theta[1] + n * theta[2]
             else:
                 out[pod] = theta[0] + ktok * theta[1]
+
+    def observe_scrape(self, pod: str, metrics: MetricsSnapshot) -> None:
+        """A scrape of `pod` not seen before: the rate fit learns from the window it closes, if any."""
+        self._scraped_at[pod] = metrics.scraped_at
+        sample = self.scrapes.offer(pod, metrics)
+        if sample is None:
+            return
+        self.rates.seed(pod, sample.rate)
+        self.rates.observe(pod, sample.mean_tokens, sample.mean_seconds)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "prefill rate: %s prefilled %.0f tokens in %.3fs over %.0f requests between scrapes "
+                "(%.0f tokens/s); estimate now %.0f tokens/s",
+                pod,
+                sample.tokens,
+                sample.seconds,
+                sample.requests,
+                sample.rate,
+                self.rates.rate(pod),
+            )
 
     def score(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> dict[str, float]:
         waits = self.estimated_waits(ctx, candidates)
@@ -207,6 +245,7 @@ class PrefillLoadScorer:
         if ctx.request.body.get("stream") is True:
             work, ttft = attempt.ahead + attempt.tokens, self.clock() - attempt.sent_at
             self.rates.observe(attempt.pod, work, ttft, attempt.requests)
+            self.scrapes.first_token(attempt.pod)
             if logger.isEnabledFor(logging.DEBUG):
                 model = self.rates.model(attempt.pod)
                 logger.debug(
@@ -244,20 +283,16 @@ class PrefillLoadScorer:
             self.backlog.remove(pod, attempt.id)
 
 
-def resolve_prefix(name: str, ref: str, deps: PluginDeps) -> PrefixCacheScorer:
-    """The `prefix-cache-scorer` named by parameter `prefixPluginRef`, defined before plugin `name`."""
-    prefix = deps.plugins.get(ref)
-    if prefix is None:
-        raise PluginConfigError(
-            f"plugin {name!r}: parameter 'prefixPluginRef': no plugin named {ref!r} is defined before it "
-            f"(define a {PREFIX_SCORER_TYPE!r} plugin with that name earlier in the config)"
-        )
-    if not isinstance(prefix, PrefixCacheScorer):
-        raise PluginConfigError(
-            f"plugin {name!r}: parameter 'prefixPluginRef': plugin {ref!r} is a "
-            f"{type(prefix).__name__}, not a {PREFIX_SCORER_TYPE!r}"
-        )
-    return prefix
+def resolve_prefix(name: str, ref: str, deps: PluginDeps) -> PrefixPlugin:
+    """The prefix plugin named by parameter `prefixPluginRef`, defined before plugin `name`."""
+    return resolve_plugin_ref(
+        name,
+        "prefixPluginRef",
+        ref,
+        deps,
+        (PrefixCacheScorer, PrecisePrefixCacheScorer),
+        (PREFIX_SCORER_TYPE, PRECISE_TYPE),
+    )
 
 
 def factory(name: str, params: Mapping[str, Any], deps: PluginDeps) -> PrefillLoadScorer:

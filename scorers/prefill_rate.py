@@ -8,8 +8,8 @@ scheduling, the first step). The three are fitted by recursive least squares (RL
 requests) with a forgetting factor, so the estimate follows a pod that slows down or speeds up:
 
 - no per-hardware constant: it starts from a prior (by default, the median of the other pods' estimates
-  once they have some samples, else `DEFAULT_PRIOR_RATE` and no per-request cost) with a wide covariance,
-  and moves off it with the first few samples;
+  once they have some samples, else `DEFAULT_PRIOR_RATE` and no per-request cost; or a rate measured from
+  the pod's scrapes, `seed`) with a wide covariance, and moves off it with the first few samples;
 - robust: a residual beyond `HUBER_K` times the running mean absolute residual (and beyond half the
   prediction) is clipped to that bound
   (one TTFT spike, e.g. a LoRA load or a GC pause, moves the estimate by a bounded amount); but
@@ -189,6 +189,13 @@ class PrefillRateEstimator:
 
     def observe(self, pod: str, work_tokens: float, ttft_s: float, requests: float = 0.0) -> None:
         update(self.model(pod), work_tokens, ttft_s, requests, self.forgetting)
+
+    def seed(self, pod: str, rate: float) -> None:
+        """Start `pod` from a measured `rate` (tokens/s) if it has learned nothing yet: a measurement of the
+        pod itself (scorers/prefill_scrape_rate.py) beats any prior, and the fit refines it from there."""
+        found = self.models.get(pod)
+        if (found is None or found.samples == 0) and math.isfinite(rate) and rate > 0:
+            self.models[pod] = prior_model(rate, self.prior_overhead_s)
 
     def rate(self, pod: str) -> float:
         return self.model(pod).rate

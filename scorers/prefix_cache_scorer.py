@@ -20,7 +20,7 @@ from typing import Any, Self
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
-from epp.datastore import Endpoint, EndpointEvent, MetricsSnapshot
+from epp.datastore import Endpoint, EndpointEvent
 from epp.scheduling.params import parse_params
 from epp.scheduling.plugins import PluginDeps, PluginRegistry
 from epp.scheduling.types import CLIENT_GONE, AttemptReport, Candidate, SchedulingContext
@@ -116,7 +116,8 @@ class PrefixCacheScorer:
         self._cycle_key = f"{TYPE_NAME}:{name}"
         self._added_key = f"{TYPE_NAME}:{name}:added"  # pod -> hashes this request added to its LRU
         # The snapshot each pod's LRU was last sized from; a new scrape brings a new object.
-        self._sized_from: dict[str, MetricsSnapshot] = {}
+        # pod -> what its LRU was sized from: block size, KV blocks, block length, characters per token
+        self._sized_from: dict[str, tuple[int | None, int | None, int, float]] = {}
 
     def on_endpoint_event(self, event: EndpointEvent, endpoint: Endpoint) -> None:
         """Datastore listener: forget a pod that restarted (empty cache) or left."""
@@ -160,6 +161,19 @@ class PrefixCacheScorer:
 
     def total_blocks(self, ctx: SchedulingContext) -> int:
         return self.cycle_match(ctx).total
+
+    def cached_chars(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> dict[str, float]:
+        """Pod -> prompt characters in the leading blocks it is predicted to hold (absent: none); every pod
+        of the index, `candidates` aside (the precise scorer's counterpart needs them)."""
+        match = self.cycle_match(ctx)
+        size = match.block_size
+        return {pod: float(n * size) for pod, n in match.matched.items()}
+
+    def matched_key(self, ctx: SchedulingContext, pod: str) -> int | None:
+        """The hash of the last leading block `pod` holds (None: it holds none): where its match ends."""
+        match = self.cycle_match(ctx)
+        depth = match.matched.get(pod, 0)
+        return match.hashes[depth - 1] if depth > 0 else None
 
     def score(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> dict[str, float]:
         return self.match_ratios(ctx, candidates)
@@ -210,19 +224,22 @@ class PrefixCacheScorer:
             self.alignment.observe_usage(len(ctx.request.prompt), report.prompt_tokens)
 
     def _observe(self, candidates: Sequence[Candidate]) -> None:
-        """Each new scrape: the pod's block size (token alignment) and its LRU's capacity (autoSizeLRU)."""
+        """When a pod's KV geometry or the block alignment changes: the pod's block size (token alignment)
+        and its LRU's capacity (autoSizeLRU). Keyed by value, not by snapshot: epp's own accounting makes a
+        new snapshot on every send and finish."""
         sized_from = self._sized_from
         alignment = self.alignment
         for c in candidates:
             metrics = c.metrics
             pod = c.endpoint.name
-            if sized_from.get(pod) is metrics:
+            geometry = (metrics.block_size, metrics.num_gpu_blocks)
+            if sized_from.get(pod) == (*geometry, alignment.block_chars, alignment.chars_per_token):
                 continue
-            sized_from[pod] = metrics
-            alignment.on_scrape(pod, metrics.block_size)
+            alignment.on_scrape(pod, metrics.block_size)  # may retune the block length
             if self.auto_size_lru:
                 capacity = capacity_from_metrics(metrics, alignment.block_chars, alignment.chars_per_token)
                 self.index.set_capacity(pod, capacity)
+            sized_from[pod] = (*geometry, alignment.block_chars, alignment.chars_per_token)
 
 
 def factory(name: str, params: Mapping[str, Any], deps: PluginDeps) -> PrefixCacheScorer:

@@ -1,5 +1,6 @@
 """End to end: `epp bench compare` runs a tiny workload through `epp gateway` on fresh simulated fleets."""
 
+import shlex
 from pathlib import Path
 
 import orjson
@@ -91,3 +92,24 @@ def test_running_endpoints_are_shared_by_the_variants(
     direct, rr = report["variants"]
     assert direct["kind"] == "no router" and rr["kind"] == "epp gateway"
     assert direct["finished"] > 0 and rr["finished"] > 0
+
+
+@pytest.mark.slow
+def test_the_reports_record_the_command_given_to_main(tmp_path: Path) -> None:
+    """The arguments main() parsed, quoted for a shell, not sys.argv (pytest's own here)."""
+    out = tmp_path / "a dir"  # a space, so the recorded command must quote it
+    with SimProcess(["--pods", "1", "--base-port", "0", "--profile", "tiny", "--time-scale", "10"]) as sim:
+        pod = ["--endpoints", sim.urls[0].removeprefix("http://"), "--model", "sim/tiny"]
+        pod += ["--strategies", "DIRECT"]
+        shape = ["bench", "compare", *TINY, *pod, "--output-dir", str(out / "shape")]
+        workload = [
+            "bench", "compare", "--workload", "no-sharing", *pod, "--runs", "1", "--duration", "5",
+            "--time-scale", "10", "--output-dir", str(out / "workload"),
+        ]  # fmt: skip
+        assert main(shape) == 0
+        assert main(workload) == 0
+    for argv, report in ((shape, out / "shape" / "compare"), (workload, out / "workload" / "matrix")):
+        command = shlex.join(["epp", *argv])
+        assert f"'{out}" in command
+        assert orjson.loads(report.with_suffix(".json").read_bytes())["command"] == command
+        assert f"`{command}`" in report.with_suffix(".md").read_text()

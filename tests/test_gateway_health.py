@@ -622,6 +622,7 @@ async def test_gateway_ttft_metric_and_access_log_agree_with_the_client(
         client_of(gateway) as client,
     ):
         assert (await client.post(CHAT, json=chat("warm up", max_tokens=1))).status_code == 200
+        gaps: list[tuple[float, float]] = []  # |gateway - client|, |logged - client| per attempt
         for attempt in range(3):
             request_id = f"ttft-{attempt}"
             text = await metrics_text(client)
@@ -647,8 +648,11 @@ async def test_gateway_ttft_metric_and_access_log_agree_with_the_client(
             gateway_ttft = metric_value(text, f"{histogram}_sum") - sum_before
             logged_ttft = float(log_field(await access_line(caplog, request_id), "ttft_ms")) / 1000
             assert client_ttft > 0.010  # a measurable TTFT, not a rounding error
-            assert abs(gateway_ttft - client_ttft) < 0.005, (gateway_ttft, client_ttft)
-            assert abs(logged_ttft - client_ttft) < 0.005, (logged_ttft, client_ttft)
+            gaps.append((abs(gateway_ttft - client_ttft), abs(logged_ttft - client_ttft)))
+    # The best of three within 5 ms: a timing of the wrong event (the first byte, not the first content:
+    # one engine step, ~20 ms here) misses on every attempt, while a busy machine delays a single one.
+    assert min(g for g, _ in gaps) < 0.005 and min(lg for _, lg in gaps) < 0.005, gaps
+    assert max(max(pair) for pair in gaps) < 0.1, gaps
 
 
 # -- 10. a pod going silent mid-stream -----------------------------------------------------------------------

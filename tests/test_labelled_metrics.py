@@ -5,9 +5,15 @@ from __future__ import annotations
 import math
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from epp.labelled_metrics import HistogramSeries, LabelledChildren, LabelledSeries
+from epp.labelled_metrics import (
+    HistogramSeries,
+    LabelledChildren,
+    LabelledSeries,
+    LabelledValues,
+    ValueSeries,
+)
 
 
 def test_children_are_looked_up_once_and_count_like_labels() -> None:
@@ -66,3 +72,37 @@ def test_histogram_series_refuses_a_family_with_labels() -> None:
     family = Histogram("h", "d", ["a"], registry=CollectorRegistry())
     with pytest.raises(ValueError, match="has labels"):
         HistogramSeries(family)
+
+
+def test_value_series_counts_exactly_as_inc_and_dec() -> None:
+    by_method, by_series = CollectorRegistry(), CollectorRegistry()
+
+    def families(registry: CollectorRegistry) -> tuple[Counter, Gauge, Gauge]:
+        counter = Counter("c", "d", ["a"], registry=registry)
+        gauge = Gauge("g", "d", ["a"], registry=registry)
+        return counter, gauge, Gauge("open", "d", registry=registry)
+
+    counter, gauge, unlabelled = families(by_method)
+    counters, gauges, open_now = families(by_series)
+    fast_counter, fast_gauge = LabelledValues(counters), LabelledValues(gauges)
+    fast_open = ValueSeries(open_now)
+    assert fast_counter("x") is fast_counter("x")
+    for amount in (1.0, 2.5, 1.0):
+        counter.labels("x").inc(amount)
+        fast_counter("x").inc(amount)
+        gauge.labels("y").inc(amount)
+        fast_gauge("y").inc(amount)
+        unlabelled.inc()
+        fast_open.inc()
+    gauge.labels("y").dec(4)
+    fast_gauge("y").dec(4)
+    unlabelled.dec()
+    fast_open.dec()
+    assert _samples(by_series) == _samples(by_method)
+    fast_counter.remove_where(lambda values: values == ("x",))
+    assert by_series.get_sample_value("c_total", {"a": "x"}) is None
+
+
+def test_value_series_refuses_a_family_with_labels() -> None:
+    with pytest.raises(ValueError, match="has labels"):
+        ValueSeries(Counter("c", "d", ["a"], registry=CollectorRegistry()))

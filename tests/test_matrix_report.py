@@ -102,7 +102,7 @@ def test_matrix_flags_build_the_spec_with_time_scale_1_on_real_endpoints() -> No
     notes: list[str] = []
     spec = build_matrix_spec(parse("matrix", "--workloads", "2,5"), "2,5", notes)  # type: ignore[arg-type]
     assert [w.name for w in spec.workloads] == ["shared-system-prompt", "no-sharing"]
-    assert [v.name for v in spec.variants] == ["ROUND_ROBIN", "PREFIX_CACHE", "LOAD_AWARE"]
+    assert [v.name for v in spec.variants] == ["ROUND_ROBIN", "PREFIX_CACHE", "LOAD_AWARE", "PREFIX_TOKENS"]
     assert spec.seeds == [0, 1, 2] and spec.time_scale == 2.0 and spec.endpoints is None
     args = parse(
         "matrix", "--endpoints", "127.0.0.1:9,127.0.0.1:10", "--model", "m", "--workloads", "lora-mix"

@@ -36,6 +36,7 @@ class StreamReply:
         self.status = 200
         self.headers = [(b"content-type", b"text/event-stream")]
         self._parts = parts
+        self.last_chunk = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         for part in self._parts:

@@ -3,7 +3,9 @@ estimate, the affinity bound and the hot-prefix spread (the strategy as a whole:
 
 from __future__ import annotations
 
+import logging
 import random
+import re
 
 import pytest
 
@@ -269,6 +271,29 @@ def test_affinity_holds_within_the_bound_and_breaks_past_it() -> None:
     load.backlog.forget("warm")
     ctx = SchedulingContext(streamed(SHARED + "a later user"))
     assert [c.name for c in filt.filter(ctx, pods)] == ["warm"]
+
+
+def test_routed_and_broken_decisions_log_at_info_in_gies_shape(caplog: pytest.LogCaptureFixture) -> None:
+    clock, filter_clock = FakeClock(), FakeClock()
+    prefix, load = plugins(clock)
+    filt = PrefillAffinityFilter("f", prefix, load, clock=filter_clock)
+    pods = [cand("warm"), cand("cold")]
+    send(prefix, load, streamed(SHARED + "user 0"), "warm")
+    with caplog.at_level(logging.INFO, logger="scorers.prefill_affinity_filter"):
+        for i in range(1, 200):
+            filter_clock.now += 1.0  # under the log's rate limit; the backlog's clock stands still
+            ctx = SchedulingContext(streamed(SHARED + f"user {i}", request_id=f"r{i}"))
+            if [c.name for c in filt.filter(ctx, pods)] != ["warm"]:
+                break
+            send(prefix, load, ctx.request, "warm")
+    lines = [r.getMessage() for r in caplog.records]
+    assert all(r.levelno == logging.INFO for r in caplog.records)
+    # GIE's line (the seed checks grep it), with this filter's estimates after the pods it keeps.
+    routed = r'Do prefix-aware routing! request r1 "matching ratio": " [01]\.\d\d > 0\.50" keeping '
+    assert re.fullmatch(
+        routed + r"\['warm'\] \(estimated wait \d+\.\d{3}s, other pods \d+\.\d{3}s\)", lines[0]
+    )
+    assert len(lines) > 2 and lines[-1].startswith(f"Prefix affinity broken: request r{i} matching ratio ")
 
 
 def test_a_larger_bound_holds_affinity_longer() -> None:

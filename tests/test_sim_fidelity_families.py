@@ -16,7 +16,7 @@ from bench.sim.fleet import SimFleet
 FIXTURE = Path(__file__).parent / "fixtures" / "vllm" / "vllm-0.32-metrics.txt"
 # Families of the real scrape the simulator leaves out, and why (docs/simulator.md repeats this):
 # the Python process / GC / HTTP-middleware families say nothing about the engine; FLOPs estimates, the
-# multi-modal cache, admission limits and the per-request timing breakdowns are not modelled.
+# multi-modal cache and admission limits are not modelled.
 NOT_SIMULATED_PREFIXES = ("python_", "process_", "http_")
 NOT_SIMULATED = {
     "vllm:estimated_flops_per_gpu",
@@ -30,9 +30,6 @@ NOT_SIMULATED = {
     "vllm:request_params_n",
     "vllm:request_params_max_tokens",
     "vllm:request_time_per_output_token_seconds",
-    "vllm:request_inference_time_seconds",
-    "vllm:request_prefill_time_seconds",
-    "vllm:request_decode_time_seconds",
     "vllm:request_num_preemptions",
     "vllm:request_prefill_kv_computed_tokens",
 }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import signal
 import sys
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from bench.compare.matrix_cli import add_run_arguments, parse_endpoint_urls, run_matrix_command
-from bench.compare.provenance import machine_info
+from bench.compare.provenance import command_line, machine_info
 from bench.compare.report import rich_table, rows_of, write_reports
 from bench.compare.runner import CompareSpec, VariantResult, run_comparison
 from bench.compare.variants import DEFAULT_STRATEGIES, DIRECT, build_variants, parse_strategy_list
@@ -146,7 +145,9 @@ def build_spec(args: argparse.Namespace, notes: list[str]) -> CompareSpec:
     )
 
 
-def report_context(spec: CompareSpec, notes: Sequence[str], machine_start: dict[str, Any]) -> dict[str, Any]:
+def report_context(
+    spec: CompareSpec, notes: Sequence[str], machine_start: dict[str, Any], command: str
+) -> dict[str, Any]:
     workload = spec.workload.model_dump(
         mode="json", exclude={"base_urls", "output", "api_key", "show_progress"}
     )
@@ -156,7 +157,7 @@ def report_context(spec: CompareSpec, notes: Sequence[str], machine_start: dict[
         else {"pods": spec.pods, "profile": spec.profile, "time_scale": spec.time_scale, "seed": spec.seed}
     )
     return {
-        "command": shlex.join(["epp", *sys.argv[1:]]),
+        "command": command,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine_at_start": machine_start,
         "machine_at_end": machine_info(),
@@ -232,7 +233,7 @@ def run_compare(args: argparse.Namespace, console: Console | None = None) -> int
     if code:
         print(f"epp bench compare: {notes[-1]}", file=sys.stderr)
     if done:
-        finish_report(spec, done, report_context(spec, notes, machine_start), console)
+        finish_report(spec, done, report_context(spec, notes, machine_start, command_line(args)), console)
     return code
 
 

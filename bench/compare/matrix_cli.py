@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from rich.console import Console
 
 from bench.compare.matrix import MatrixSpec, RunResult, run_matrix
 from bench.compare.matrix_report import cells_by_workload, markdown_table, write_matrix_reports
-from bench.compare.provenance import commit_info, config_hashes, machine_info
+from bench.compare.provenance import command_line, commit_info, config_hashes, machine_info
 from bench.compare.variants import build_variants, parse_strategy_list
 from bench.peers import available_peers
 from bench.sim.profiles import PROFILES, get_profile
@@ -27,7 +26,7 @@ from epp.config.endpoints import parse_address
 from epp.config.errors import ConfigError
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
-MATRIX_STRATEGIES = ("ROUND_ROBIN", "PREFIX_CACHE", "LOAD_AWARE")
+MATRIX_STRATEGIES = ("ROUND_ROBIN", "PREFIX_CACHE", "LOAD_AWARE", "PREFIX_TOKENS")
 MATRIX_DESCRIPTION = (
     "Runs each named workload (docs/workloads.md) through each variant (gateway strategies, --config "
     "files, --peers) several times with different seeds, each run on a fresh `epp sim` fleet (or, with "
@@ -155,14 +154,16 @@ def build_matrix_spec(args: argparse.Namespace, workloads_text: str, notes: list
     return spec
 
 
-def matrix_context(spec: MatrixSpec, notes: Sequence[str], start: dict[str, Any]) -> dict[str, Any]:
+def matrix_context(
+    spec: MatrixSpec, notes: Sequence[str], start: dict[str, Any], command: str
+) -> dict[str, Any]:
     fleet: dict[str, Any] = (
         {"endpoints": list(spec.endpoints)}
         if spec.endpoints is not None
         else {"pods": spec.pods, "profile": spec.profile}
     )
     return {
-        "command": shlex.join(["epp", *sys.argv[1:]]),
+        "command": command,
         **commit_info(),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "scale": spec.scale if spec.duration_s is None else "custom (--duration)",
@@ -229,7 +230,7 @@ def run_matrix_command(args: argparse.Namespace, workloads_text: str, console: C
     if code:
         print(f"epp bench {name}: {notes[-1]}", file=sys.stderr)
     if done:
-        context = matrix_context(spec, notes, start)
+        context = matrix_context(spec, notes, start, command_line(args))
         for workload, cells in cells_by_workload(done).items():
             console.print(f"\n[bold]{workload}[/]\n{markdown_table(cells)}")
         json_path, md_path = write_matrix_reports(context, markdown_intro(context), done, spec.output_dir)

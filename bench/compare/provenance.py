@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
+import shlex
 import subprocess
 from collections.abc import Sequence
 from importlib import resources
@@ -24,6 +26,12 @@ def _git(*args: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip()
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that ran, quoted for a shell: the arguments epp.cli.main parsed (not sys.argv, which
+    differs when main is called with its own)."""
+    return shlex.join(["epp", *args.argv])
 
 
 def commit_info() -> dict[str, Any]:

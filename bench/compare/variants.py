@@ -20,15 +20,25 @@ BASELINE = RoutingStrategy.ROUND_ROBIN.value
 # The client sends to the pods in turn itself (no router): a reference for the gateway's overhead.
 DIRECT = "DIRECT"
 # The precise prefix scorer over the pods' KV events (docs/precise-prefix.md): a bench config, not a built-in.
-# PRECISE: PREFIX_CACHE's affinity rule over it; PRECISE_WEIGHTED: a weighted score against least-request.
+# PRECISE: PREFIX_CACHE's affinity rule over it; PRECISE_WEIGHTED: a weighted score against least-request;
+# PRECISE_TOKENS: PREFIX_TOKENS's token-aware rule over it.
 PRECISE = "PRECISE"
 PRECISE_WEIGHTED = "PRECISE_WEIGHTED"
+PRECISE_TOKENS = "PRECISE_TOKENS"
 PRECISE_CONFIGS: dict[str, Path] = {
     PRECISE: Path(__file__).resolve().parent / "precise_prefix.yaml",
     PRECISE_WEIGHTED: Path(__file__).resolve().parent / "precise_weighted.yaml",
+    PRECISE_TOKENS: Path(__file__).resolve().parent / "precise_tokens.yaml",
 }
 MAX_WORKERS = 16
-DEFAULT_STRATEGIES: tuple[str, ...] = ("ROUND_ROBIN", "RANDOM", "LEAST_REQUEST", "PREFIX_CACHE", "LOAD_AWARE")
+DEFAULT_STRATEGIES: tuple[str, ...] = (
+    "ROUND_ROBIN",
+    "RANDOM",
+    "LEAST_REQUEST",
+    "PREFIX_CACHE",
+    "LOAD_AWARE",
+    "PREFIX_TOKENS",
+)
 PEER_POLICIES: tuple[str, ...] = ("cache_aware", "round_robin")
 
 
@@ -93,7 +103,7 @@ def needs_kv_events(path: Path) -> bool:
 
 
 def strategy_variant(name: str) -> Variant:
-    """A `--strategies` name as a variant: DIRECT, a built-in strategy, PRECISE or PRECISE_WEIGHTED, with its
+    """A `--strategies` name as a variant: DIRECT, a built-in strategy or one of PRECISE_CONFIGS, with its
     workers."""
     if name == DIRECT:
         return Variant(name, FrontKind.DIRECT)

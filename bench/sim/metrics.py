@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from bench.sim.engine import EngineCore, TokenOutput
+from bench.sim.engine import EngineCore, SimRequest, TokenOutput
 
 TTFT_BUCKETS: tuple[float, ...] = (
     0.001,
@@ -343,6 +343,23 @@ class PodMetrics:
             "Histogram of time spent in WAITING phase for request.",
             LATENCY_BUCKETS,
         )
+        # Per-request phases, observed when the request finishes, as vLLM does: prefill is from the first
+        # schedule to the first token (queueing excluded), decode from the first token to the last.
+        self.inference = hist(
+            "vllm:request_inference_time_seconds",
+            "Histogram of time spent in RUNNING phase for request.",
+            LATENCY_BUCKETS,
+        )
+        self.prefill = hist(
+            "vllm:request_prefill_time_seconds",
+            "Histogram of time spent in PREFILL phase for request.",
+            LATENCY_BUCKETS,
+        )
+        self.decode = hist(
+            "vllm:request_decode_time_seconds",
+            "Histogram of time spent in DECODE phase for request.",
+            LATENCY_BUCKETS,
+        )
         self.prompt_tokens = hist("vllm:request_prompt_tokens", "Number of prefill tokens processed.", sizes)
         self.generation_tokens = hist(
             "vllm:request_generation_tokens", "Number of generation tokens processed.", sizes
@@ -362,6 +379,7 @@ class PodMetrics:
                 self.itl.observe(req.last_itl)
             if out.finished and req.finished_at is not None:
                 self.e2e.observe(req.finished_at - req.arrival)
+                self._observe_phases(req)
                 self.prompt_tokens.observe(req.num_prompt)
                 self.generation_tokens.observe(req.num_output)
 
@@ -369,6 +387,14 @@ class PodMetrics:
             e = self._engine
             running, waiting = ",".join(e.running_loras()), ",".join(e.waiting_loras())
             self.lora_info.labels(str(self._max_loras), running, waiting).set(time.time())
+
+    def _observe_phases(self, req: SimRequest) -> None:
+        scheduled, first, last = req.first_scheduled, req.first_token_at, req.last_token_at
+        if scheduled is None or first is None or last is None:
+            return
+        self.inference.observe(last - scheduled)
+        self.prefill.observe(first - scheduled)
+        self.decode.observe(last - first)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

@@ -226,9 +226,10 @@ class RequestLifecycle:
     def answered(self, status: int, address: str) -> None:
         """Envoy relays an answer with `status` from the pod at `address` (unknown or not in the pool:
         taken to be the pick's); another pod than the pick means the pick failed and that pod served."""
-        served = self._director.datastore.find_by_address(address) if address else None
-        if served is not None and served.endpoint.name != self.endpoint.name:
-            self.served_by(served.endpoint)
+        if address and address != self.endpoint.address:  # usually the pick itself answered
+            served = self._director.datastore.find_by_address(address)
+            if served is not None and served.endpoint.name != self.endpoint.name:
+                self.served_by(served.endpoint)
         self.response_started(status)
 
     def abandon(self) -> None:

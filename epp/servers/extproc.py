@@ -98,6 +98,7 @@ class ExtProcServicer:
         self._end_after_route = end_after_route
         self._traffic = traffic  # requests to route/provider hosts (extproc_traffic); None: pool only
         self._cache = cache  # the response cache stage (extproc_cache); None: no cache
+        self._route_answers = msg.RouteAnswers()
 
     async def Process(
         self,
@@ -298,6 +299,8 @@ class ExtProcServicer:
         if on_headers:
             return msg.route_on_headers(destination, self._pod_credentials)
         new_body = lifecycle.rewritten_body if lifecycle.rewritten_body is not None else stripped
+        if new_body is None:
+            return self._route_answers.on_body(destination, self._pod_credentials, pool_route, extra)
         return msg.route_on_body(destination, new_body, self._pod_credentials, pool_route, extra)
 
 

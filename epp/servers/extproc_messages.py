@@ -92,6 +92,37 @@ def route_on_body(
     )
 
 
+class RouteAnswers:
+    """`route_on_body` answers that keep the body, built once per destination and reused.
+
+    Such an answer depends only on its arguments, and building its protobuf messages cost more than the
+    rest of the answer path (grpc serializes a message on each write and never changes it). Bounded: the
+    cache starts afresh past `max_entries` destinations (a destination lists the pick and its fallbacks).
+    """
+
+    __slots__ = ("_answers", "_max_entries")
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._answers: dict[tuple[object, ...], pb.ProcessingResponse] = {}
+        self._max_entries = max_entries
+
+    def on_body(
+        self,
+        address: str,
+        pod_credentials: PodCredentials | None = None,
+        pool_route: bool = False,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> pb.ProcessingResponse:
+        """`route_on_body(address, None, ...)`: a shared message, never to be modified."""
+        key = (address, pod_credentials, pool_route, extra)
+        answer = self._answers.get(key)
+        if answer is None:
+            if len(self._answers) >= self._max_entries:
+                self._answers.clear()
+            answer = self._answers[key] = route_on_body(address, None, pod_credentials, pool_route, extra)
+        return answer
+
+
 def choose_provider(
     provider: str, rule: str | None, new_body: bytes | None = None, extra: tuple[tuple[str, str], ...] = ()
 ) -> pb.ProcessingResponse:
