@@ -9,6 +9,8 @@ A pod's estimated wait is `overhead + (backlog + own) / rate + per_request * req
 - `backlog`: the uncached tokens epp sent to the pod that have not reached their first token yet
   (scorers/prefill_backlog.py: added at pre-request, removed at first token, completion or failure, for the
   pod each attempt really went to, and drained at the pod's rate when no event comes).
+- `replicas` (default 1): pickers sharing the traffic evenly; each counts its own backlog and in-flight
+  requests that many times, since it sees only those (docs/replicas.md).
 - `requests`: the requests the pod is decoding (epp's in-flight count, or the scrape's running + waiting
   when larger, minus those still in the backlog): their decode steps share the batches and slow a new
   prefill down.
@@ -67,6 +69,9 @@ class PrefillLoadParams(BaseModel):
     prior_tokens_per_second: float = Field(
         default=DEFAULT_PRIOR_RATE, ge=50.0, le=5_000_000.0, alias="priorTokensPerSecond"
     )
+    # Pickers sharing the traffic evenly, this one included (as least-request-scorer's): each sees only the
+    # backlog and in-flight requests it sent itself, so it counts them this many times.
+    replicas: int = Field(default=1, ge=1, le=1024)
 
 
 @dataclass(slots=True)
@@ -92,8 +97,10 @@ class PrefillLoadScorer:
         chars_per_token: float = DEFAULT_CHARS_PER_TOKEN,
         prior_rate: float = DEFAULT_PRIOR_RATE,
         clock: Callable[[], float] = time.perf_counter,
+        replicas: int = 1,
     ) -> None:
         self.name = name
+        self.replicas = replicas
         self.prefix = prefix
         self.cpt = CharsPerToken(chars_per_token)
         self.rates = PrefillRateEstimator(prior_rate)
@@ -165,6 +172,7 @@ class PrefillLoadScorer:
         requests: dict[str, float] = ctx.cycle.data.setdefault(self._requests_key, {})
         scraped_at = self._scraped_at
         whole = chars * per_char
+        r = self.replicas
         for c in pods:
             pod = c.endpoint.name
             m = c.metrics
@@ -180,12 +188,12 @@ class PrefillLoadScorer:
             # The requests past their prefill (decoding): in flight as least-request counts it (epp's own
             # count, or the scrape's when it sees more) minus those still queued, already counted in tokens.
             n = m.running + m.waiting
-            if c.in_flight > n:
-                n = c.in_flight
+            if c.in_flight * r > n:
+                n = c.in_flight * r
             q = queued.get(pod)
             if q is not None:
-                ktok += q[0] / 1000.0
-                n -= q[1]
+                ktok += q[0] * r / 1000.0
+                n -= q[1] * r
             if n > 0:
                 requests[pod] = n
                 out[pod] = theta[0] + ktok * theta[1] + n * theta[2]
@@ -224,7 +232,7 @@ class PrefillLoadScorer:
         pod = endpoint.name
         now = self.clock()
         rate = self.rates.rate(pod)
-        ahead = self.backlog.tokens(pod, now, rate)
+        ahead = self.backlog.tokens(pod, now, rate) * self.replicas  # the other pickers' sends too
         tokens = self.uncached_tokens(ctx, pod)
         attempts: dict[str, _Attempt] = ctx.cycle.data.setdefault(self._attempts_key, {})
         previous = attempts.get(pod)
@@ -298,7 +306,9 @@ def resolve_prefix(name: str, ref: str, deps: PluginDeps) -> PrefixPlugin:
 def factory(name: str, params: Mapping[str, Any], deps: PluginDeps) -> PrefillLoadScorer:
     p = parse_params(PrefillLoadParams, name, params)
     prefix = resolve_prefix(name, p.prefix_plugin_ref, deps)
-    plugin = PrefillLoadScorer(name, prefix, p.chars_per_token, p.prior_tokens_per_second)
+    plugin = PrefillLoadScorer(
+        name, prefix, p.chars_per_token, p.prior_tokens_per_second, replicas=p.replicas
+    )
     deps.datastore.subscribe(plugin.on_endpoint_event)
     return plugin
 

@@ -25,10 +25,12 @@ DIRECT = "DIRECT"
 PRECISE = "PRECISE"
 PRECISE_WEIGHTED = "PRECISE_WEIGHTED"
 PRECISE_TOKENS = "PRECISE_TOKENS"
+PRECISE_TOKENS_R2 = "PRECISE_TOKENS_R2"  # PRECISE_TOKENS with `replicas: 2`, for 2 workers
 PRECISE_CONFIGS: dict[str, Path] = {
     PRECISE: Path(__file__).resolve().parent / "precise_prefix.yaml",
     PRECISE_WEIGHTED: Path(__file__).resolve().parent / "precise_weighted.yaml",
     PRECISE_TOKENS: Path(__file__).resolve().parent / "precise_tokens.yaml",
+    PRECISE_TOKENS_R2: Path(__file__).resolve().parent / "precise_tokens_r2.yaml",
 }
 MAX_WORKERS = 16
 DEFAULT_STRATEGIES: tuple[str, ...] = (
