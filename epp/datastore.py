@@ -192,7 +192,7 @@ class Datastore:
         if state is None:
             return
         prev = state.metrics
-        if prev is not None and _restarted(prev, snapshot):
+        if prev is not None and restarted(prev, snapshot):
             state.health.restarts += 1
             self._emit(EndpointEvent.RESTARTED, state.endpoint)
         state.scraped_now(snapshot)
@@ -295,7 +295,8 @@ def bridged(scraped: MetricsSnapshot, delta: int) -> MetricsSnapshot:
     return replace(scraped, waiting=waiting, running=running)
 
 
-def _restarted(prev: MetricsSnapshot, cur: MetricsSnapshot) -> bool:
+def restarted(prev: MetricsSnapshot, cur: MetricsSnapshot) -> bool:
+    """The pod restarted between two scrapes: a new start time, or its prefix-cache queries went back."""
     if (
         prev.process_start_time is not None
         and cur.process_start_time is not None

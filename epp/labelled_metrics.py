@@ -11,26 +11,28 @@ from __future__ import annotations
 import contextlib
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.values import MutexValue
 
 M = TypeVar("M", bound=MetricWrapperBase)
+S = TypeVar("S")
 
 
-class LabelledChildren(Generic[M]):
-    """Children of `family` by label values, given in the family's label order."""
+class _ByLabels(Generic[S]):
+    """What `wrap` makes of each child of `family`, by label values in the family's label order."""
 
-    def __init__(self, family: M) -> None:
+    def __init__(self, family: Any, wrap: Callable[[Any], S]) -> None:
         self.family = family
-        self._children: dict[tuple[str, ...], M] = {}
+        self._wrap = wrap
+        self._children: dict[tuple[str, ...], S] = {}
 
-    def __call__(self, *values: str) -> M:
+    def __call__(self, *values: str) -> S:
         child = self._children.get(values)
         if child is None:
-            child = self._children[values] = self.family.labels(*values)
+            child = self._children[values] = self._wrap(self.family.labels(*values))
         return child
 
     def remove_where(self, match: Callable[[tuple[str, ...]], bool]) -> None:
@@ -39,6 +41,17 @@ class LabelledChildren(Generic[M]):
             del self._children[values]
             with contextlib.suppress(KeyError):
                 self.family.remove(*values)
+
+
+class LabelledChildren(_ByLabels[M]):
+    """prometheus-client's own children of `family` by label values."""
+
+    def __init__(self, family: M) -> None:
+        super().__init__(family, _same)
+
+
+def _same(child: Any) -> Any:
+    return child
 
 
 class ValueSeries:
@@ -65,25 +78,11 @@ class ValueSeries:
         self.inc(-amount)
 
 
-class LabelledValues:
+class LabelledValues(_ByLabels["ValueSeries"]):
     """ValueSeries of a Counter or Gauge family by label values, each built once."""
 
     def __init__(self, family: Counter | Gauge) -> None:
-        self.family = family
-        self._series: dict[tuple[str, ...], ValueSeries] = {}
-
-    def __call__(self, *values: str) -> ValueSeries:
-        series = self._series.get(values)
-        if series is None:
-            series = self._series[values] = ValueSeries(self.family.labels(*values))
-        return series
-
-    def remove_where(self, match: Callable[[tuple[str, ...]], bool]) -> None:
-        """Drop the series whose label values match (an endpoint that left the pool)."""
-        for values in [v for v in self._series if match(v)]:
-            del self._series[values]
-            with contextlib.suppress(KeyError):
-                self.family.remove(*values)
+        super().__init__(family, ValueSeries)
 
 
 class HistogramSeries:
@@ -117,18 +116,11 @@ class HistogramSeries:
             self._buckets[bisect_left(self._bounds, amount)].inc(1)
 
 
-class LabelledSeries:
+class LabelledSeries(_ByLabels["HistogramSeries"]):
     """HistogramSeries of `family` by label values, each built once."""
 
     def __init__(self, family: Histogram) -> None:
-        self.family = family
-        self._series: dict[tuple[str, ...], HistogramSeries] = {}
-
-    def __call__(self, *values: str) -> HistogramSeries:
-        series = self._series.get(values)
-        if series is None:
-            series = self._series[values] = HistogramSeries(self.family.labels(*values))
-        return series
+        super().__init__(family, HistogramSeries)
 
 
 OTHER = "other"  # the label value of client-controlled values past a family's cap

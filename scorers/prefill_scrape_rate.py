@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from epp.datastore import MetricsSnapshot
+from epp.datastore import restarted as pod_restarted
 
 MIN_WINDOW_S = 1.0  # wall seconds: 4 busy scrapes (DEFAULT_INTERVAL_S), enough for the counters to agree
 MIN_PREFILL_S = 0.05  # summed prefill seconds: a few steps' worth, not one step's fixed cost alone
@@ -80,12 +81,8 @@ def counters(m: MetricsSnapshot) -> tuple[float, float, float] | None:
 
 
 def restarted(base: MetricsSnapshot, cur: MetricsSnapshot) -> bool:
-    """A counter went down or the process start time changed."""
-    if (
-        base.process_start_time is not None
-        and cur.process_start_time is not None
-        and base.process_start_time != cur.process_start_time
-    ):
+    """The datastore's restart rule, or one of the prefill counters went down."""
+    if pod_restarted(base, cur):
         return True
     pairs = (
         (base.prompt_tokens, cur.prompt_tokens),
