@@ -29,6 +29,7 @@ from epp.scheduling.types import (
     SchedulingContext,
     ShedError,
 )
+from scorers.least_request_scorer import LeastRequestScorer
 from scorers.max_score_picker import MaxScorePicker
 from scorers.random_picker import RandomPicker
 from tests.test_sched_framework import PODS, config, registry
@@ -210,3 +211,74 @@ def test_pick_forced_by_affinity_runs_only_the_prefix_scorer_and_no_picker() -> 
     with pytest.raises(AssertionError, match="no picker"):
         Scheduler(datastore(PODS), profile).schedule(request(), relax_affinity=True)
     assert load.calls == 1
+
+
+class Drop:
+    """A plain (non-affinity) filter dropping one pod."""
+
+    def __init__(self, name: str, drop: str) -> None:
+        self.name = name
+        self.drop = drop
+
+    def filter(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> list[Candidate]:
+        return [c for c in candidates if c.name != self.drop]
+
+
+class Scores:
+    def __init__(self, name: str, fixed: dict[str, float]) -> None:
+        self.name = name
+        self.fixed = fixed
+
+    def score(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> dict[str, float]:
+        return {c.name: self.fixed[c.name] for c in candidates}
+
+
+def test_relaxed_ranking_is_what_a_relaxed_reschedule_without_the_pick_ranks() -> None:
+    """Envoy's fallbacks come from `rank_relaxed` (no second pass over the pool): the same pods in the same
+    order as `schedule(relax_affinity=True)` excluding the pick, with a filter before affinity, one after it
+    and a scorer whose scores depend on the other candidates (least-request normalises over them)."""
+    names = ["a", "b", "c", "d", "e", "f"]
+    for seed in range(40):
+        rng = random.Random(seed)
+        pods = {n: snap(waiting=rng.randrange(6), running=rng.randrange(6)) for n in names}
+        fixed = {n: rng.random() for n in names}
+        keep = rng.choice(["a", "b", "c"])
+        profile = assemble_profile(
+            "p",
+            [
+                (Drop("before", "d"), 1.0),
+                (Affine("affine", keep=keep, affinity=True), 1.0),
+                (Drop("after", "e"), 1.0),
+                (LeastRequestScorer(), 1.0),
+                (Scores("fixed", fixed), 0.7),
+                (MaxScorePicker(rng=random.Random(0)), 1.0),
+            ],
+        )
+        sched = Scheduler(datastore(pods, {n: rng.randrange(4) for n in names}), profile)
+        req = request()
+        result = sched.schedule(req)
+        assert result.endpoint.name == keep and result.affinity_narrowed
+        relaxed = sched.schedule(req, relax_affinity=True, excluded={keep}, context=result.context)
+        assert sched.rank_relaxed(result, (keep,)) == relaxed.ranked()
+        assert {"d", "e", keep}.isdisjoint(relaxed.ranked())
+
+
+def test_relaxed_ranking_without_affinity_is_the_decisions_own_ranking_less_the_excluded() -> None:
+    fixed = {"a": 0.1, "b": 0.9, "c": 0.5}
+    profile = assemble_profile("p", [(Scores("fixed", fixed), 1.0), (MaxScorePicker(), 1.0)])
+    sched = Scheduler(datastore(PODS), profile)
+    result = sched.schedule(request())
+    assert not result.affinity_narrowed and result.before_affinity is None
+    assert sched.rank_relaxed(result, ("b",)) == ["c", "a"]
+    # A filter after affinity that keeps only the pick: no fallbacks, not an error.
+    only_a = assemble_profile(
+        "p",
+        [
+            (Affine("affine", keep="a", affinity=True), 1.0),
+            (Affine("only-a", keep="a", affinity=False), 1.0),
+            (MaxScorePicker(), 1.0),
+        ],
+    )
+    sched = Scheduler(datastore(PODS), only_a)
+    result = sched.schedule(request())
+    assert result.endpoint.name == "a" and sched.rank_relaxed(result, ("a",)) == []

@@ -259,14 +259,8 @@ class RequestLifecycle:
         if count <= 0:
             return []
         director = self._director
-        result = self.result
-        if result.affinity_narrowed:  # the decision's own ranking lacks the pods affinity dropped
-            try:
-                result = director.reschedule(self, frozenset((self.endpoint.name,)))
-            except SchedulingError:
-                return []
         out = []
-        for name in result.ranked():
+        for name in director.scheduler.rank_relaxed(self.result, (self.endpoint.name,)):
             state = director.datastore.get(name)
             if state is not None and name != self.endpoint.name:
                 out.append(state.endpoint)

@@ -167,11 +167,16 @@ class Scheduler:
         self._decisions += 1
         clock = time.perf_counter
         narrowed = False
+        before_affinity: list[Candidate] | None = None
+        affinity_at = 0
 
-        for f in prof.filters:
+        for at, f in enumerate(prof.filters):
             affinity = getattr(f, "affinity", False)
-            if relax_affinity and affinity:
-                continue
+            if affinity:
+                if relax_affinity:
+                    continue
+                if before_affinity is None:
+                    before_affinity, affinity_at = candidates, at
             before = len(candidates)
             if timer is None:
                 candidates = f.filter(ctx, candidates)
@@ -237,7 +242,37 @@ class Scheduler:
             context=ctx,
             prefix_match_ratio=ratio,
             affinity_narrowed=narrowed,
+            before_affinity=before_affinity if narrowed else None,
+            affinity_at=affinity_at,
         )
+
+    def rank_relaxed(self, result: SchedulingResult, excluded: Collection[str]) -> list[str]:
+        """The pods a retry without affinity would consider, best total score first: `result`'s candidates
+        before its first affinity filter (the pool, the filters ahead of it and saturation applied at
+        decision time) without `excluded`, through the profile's later non-affinity filters and every scorer.
+
+        Envoy's fallbacks, listed with the pick: the same ranking as `schedule(relax_affinity=True)` without
+        filtering the pool again or running the picker. Ties keep the filters' order.
+        """
+        candidates = result.before_affinity
+        if candidates is None:
+            return [n for n in result.ranked() if n not in excluded]
+        prof = self.profile(result.profile)
+        ctx = result.context
+        candidates = [c for c in candidates if c.endpoint.name not in excluded]
+        for f in prof.filters[result.affinity_at :]:
+            if not candidates:
+                return []
+            if not getattr(f, "affinity", False):
+                candidates = f.filter(ctx, candidates)
+        names = [c.endpoint.name for c in candidates]
+        if not names:
+            return []
+        totals = dict.fromkeys(names, 0.0)
+        for ws in prof.scorers:
+            _clamp_and_add(ws.scorer.score(ctx, candidates), names, ws.weight, totals)
+        names.sort(key=lambda n: -totals[n])
+        return names
 
 
 def _clamp_and_add(

@@ -78,6 +78,10 @@ class SchedulingResult:
     context: SchedulingContext
     prefix_match_ratio: float | None = None  # for the picked endpoint, when a prefix plugin ran
     affinity_narrowed: bool = False  # an affinity filter removed candidates (a retry would see more)
+    # When affinity narrowed: the candidates the first affinity filter was given, and that filter's place in
+    # the profile, so the fallbacks are ranked without filtering the pool again (Scheduler.rank_relaxed).
+    before_affinity: list[Candidate] | None = None
+    affinity_at: int = 0
 
     def ranked(self) -> list[str]:
         """Candidates after the filters, the picked one first, then by falling total score.
