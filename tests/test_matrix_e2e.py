@@ -25,7 +25,7 @@ def test_short_matrix_prefix_cache_hits_more_on_shared_prefixes_and_stays_balanc
         [
             "bench", "matrix", "--workloads", "shared-system-prompt,no-sharing",
             "--strategies", "ROUND_ROBIN,PREFIX_CACHE", "--scale", "ci", "--seeds", "5",
-            "--time-scale", "8", "--output-dir", str(out),
+            "--time-scale", "8", "--output-dir", str(out), "--goals-for", "PREFIX_CACHE",
         ]
     )  # fmt: skip
     assert code == 0
@@ -54,6 +54,8 @@ def test_short_matrix_prefix_cache_hits_more_on_shared_prefixes_and_stays_balanc
     assert figure(no_sharing, "ROUND_ROBIN", "share_ratio") <= 1.1
 
     markdown = (out / "matrix.md").read_text()
+    # The goals judged on the same report: no-sharing's balance (its share ratio, asserted above).
+    assert "## Goals (issue 16)" in markdown and "| balance | no-sharing | share_ratio |" in markdown
     assert "## 2. shared-system-prompt: " in markdown and "## 5. no-sharing: " in markdown
     assert (
         "| PREFIX_CACHE | 1 |" in markdown and (out / "no-sharing" / "round_robin-run1-seed5.csv").is_file()

@@ -114,6 +114,8 @@ def test_matrix_flags_build_the_spec_with_time_scale_1_on_real_endpoints() -> No
         build_matrix_spec(parse("matrix", "--endpoints", "127.0.0.1:9"), "all", [])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown workload"):
         build_matrix_spec(parse("matrix"), "nope", [])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="--goals-for 'PRECISE' is not one of the variants"):
+        build_matrix_spec(parse("matrix", "--goals-for", "PRECISE"), "all", [])  # type: ignore[arg-type]
 
 
 def test_compare_workload_takes_the_matrix_path_with_compare_flags() -> None:

@@ -15,7 +15,9 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from bench.compare.matrix import MatrixSpec, RunResult, run_matrix
-from bench.compare.matrix_report import cells_by_workload, markdown_table, write_matrix_reports
+from bench.compare.matrix_goals import check_goals
+from bench.compare.matrix_goals import markdown as goals_markdown
+from bench.compare.matrix_report import cells_by_workload, json_document, markdown_table, write_matrix_reports
 from bench.compare.provenance import command_line, commit_info, config_hashes, machine_info
 from bench.compare.variants import build_variants, parse_strategy_list
 from bench.peers import available_peers
@@ -83,6 +85,11 @@ def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
         help=f"Simulated s per wall s (default {SIM_TIME_SCALE:g} on the simulator, 1 with --endpoints)",
     )
     p.add_argument("--seed", type=int, default=0, help="First seed when --seeds is not given")
+    p.add_argument(
+        "--goals-for",
+        metavar="VARIANT",
+        help="Also judge this variant against issue 16's goals (bench/compare/matrix_goals.py) in matrix.md",
+    )
     p.add_argument("--output-dir", type=Path, help=f"Where results go (default {RESULTS_DIR}/matrix-<time>)")
     add_run_arguments(p)
 
@@ -133,6 +140,11 @@ def build_matrix_spec(args: argparse.Namespace, workloads_text: str, notes: list
                 "--peers: neither sglang-router nor vllm-router is installed (pip install '.[peers]')"
             )
     variants = build_variants(parse_strategy_list(args.strategies), args.config, peers)
+    goals_for = getattr(args, "goals_for", None)
+    if goals_for and goals_for not in [v.name for v in variants]:
+        raise ValueError(
+            f"--goals-for {goals_for!r} is not one of the variants ({', '.join(v.name for v in variants)})"
+        )
     workloads = parse_workloads(workloads_text)
     if endpoints is not None and any(w.lora_modules for w in workloads):
         notes.append("lora-mix on --endpoints: the pods must serve adapter-0..adapter-3 with --max-loras 2")
@@ -155,8 +167,9 @@ def build_matrix_spec(args: argparse.Namespace, workloads_text: str, notes: list
 
 
 def matrix_context(
-    spec: MatrixSpec, notes: Sequence[str], start: dict[str, Any], command: str
+    spec: MatrixSpec, notes: Sequence[str], start: dict[str, Any], command: str, commit: dict[str, Any]
 ) -> dict[str, Any]:
+    """The report's provenance; `start` (the machine) and `commit` (the tree) as they were when it started."""
     fleet: dict[str, Any] = (
         {"endpoints": list(spec.endpoints)}
         if spec.endpoints is not None
@@ -164,7 +177,7 @@ def matrix_context(
     )
     return {
         "command": command,
-        **commit_info(),
+        **commit,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "scale": spec.scale if spec.duration_s is None else "custom (--duration)",
         "duration_s": spec.duration,
@@ -208,6 +221,7 @@ def run_matrix_command(args: argparse.Namespace, workloads_text: str, console: C
     name = "compare" if getattr(args, "workload", None) else "matrix"
     notes: list[str] = []
     start = machine_info()
+    commit = commit_info()  # the code that runs: the tree may change while a long matrix goes on
     try:
         spec = build_matrix_spec(args, workloads_text, notes)
     except (ValidationError, ValueError, ConfigError) as exc:
@@ -230,10 +244,16 @@ def run_matrix_command(args: argparse.Namespace, workloads_text: str, console: C
     if code:
         print(f"epp bench {name}: {notes[-1]}", file=sys.stderr)
     if done:
-        context = matrix_context(spec, notes, start, command_line(args))
+        context = matrix_context(spec, notes, start, command_line(args), commit)
         for workload, cells in cells_by_workload(done).items():
             console.print(f"\n[bold]{workload}[/]\n{markdown_table(cells)}")
         json_path, md_path = write_matrix_reports(context, markdown_intro(context), done, spec.output_dir)
+        goals_for = getattr(args, "goals_for", None)
+        if goals_for:
+            goals = goals_markdown(check_goals(json_document(context, done), goals_for), goals_for)
+            with md_path.open("a", encoding="utf-8") as md:
+                md.write("\n## Goals (issue 16)\n\n" + goals)
+            console.print(f"\n[bold]Goals[/]\n{goals}")
         console.print(f"Results: {json_path}, {md_path}; per-request CSVs in {spec.output_dir}/<workload>/")
     return code
 
