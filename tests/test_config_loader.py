@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from epp.config import (
+    DEFAULT_STRATEGY,
     ConfigError,
     EndpointPickerConfig,
     RoutingStrategy,
@@ -74,7 +75,7 @@ def test_asm_seed_configs_load(name: str, kinds: list[str], providers: list[str]
     assert (list(config.traffic.providers) if config.traffic else None) == providers
     assert config.pools == {}
     assert len(config.models) == 0
-    assert config.strategy_name == "PREFIX_CACHE"  # no pool, no picker document: the default
+    assert config.strategy_name == DEFAULT_STRATEGY.value  # no pool, no picker document: the default
 
 
 def test_asm_routing_keys_are_expanded_into_traffic_config() -> None:
@@ -168,21 +169,21 @@ def test_gie_v1_pool_shape_is_accepted() -> None:
     assert config.strategy_name == "ROUND_ROBIN"
 
 
-def test_pool_without_annotation_uses_prefix_cache() -> None:
+def test_pool_without_annotation_uses_the_default_strategy() -> None:
     text = (
         "apiVersion: inference.networking.x-k8s.io/v1\nkind: InferencePool\nmetadata: {name: p}\n"
         "spec: {selector: {app: x}, targetPortNumber: 8000}\n"
     )
     config = load_config_text(text, {})
-    assert config.pools["p"].routing_strategy is RoutingStrategy.PREFIX_CACHE
-    assert config.strategy_name == "PREFIX_CACHE"
+    assert config.pools["p"].routing_strategy is DEFAULT_STRATEGY is RoutingStrategy.PREFIX_TOKENS
+    assert config.strategy_name == "PREFIX_TOKENS"
 
 
 def test_empty_config_gives_the_default_strategy() -> None:
     config = load_config_text("# nothing here\n---\n", {})
     assert config.pools == {} and config.other_documents == [] and config.static_endpoints == []
     assert isinstance(config.picker_config, EndpointPickerConfig)
-    assert config.strategy_name == "PREFIX_CACHE"
+    assert config.strategy_name == "PREFIX_TOKENS"
 
 
 def test_other_gie_kinds_and_unknown_groups_are_kept() -> None:

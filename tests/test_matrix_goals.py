@@ -9,11 +9,15 @@ import pytest
 from bench.compare.matrix_goals import check_goals, main, markdown
 
 
-def variant(kind: str, **medians: float | None) -> dict[str, Any]:
-    return {
-        "kind": kind,
-        "figures": {k: {"median": v, "low": v, "high": v, "runs": 3} for k, v in medians.items()},
+def variant(kind: str, **medians: float | str | None) -> dict[str, Any]:
+    """Medians as the JSON has them: None is an infinity over 3 runs, "missing" a figure no run had."""
+    figures = {
+        k: {"median": None, "low": None, "high": None, "runs": 0}
+        if v == "missing"
+        else {"median": v, "low": v, "high": v, "runs": 3}
+        for k, v in medians.items()
     }
+    return {"kind": kind, "figures": figures}
 
 
 def doc() -> dict[str, Any]:
@@ -38,7 +42,11 @@ def doc() -> dict[str, Any]:
             "no-sharing": {
                 "variants": {
                     "ROUND_ROBIN": rr,
-                    "PT": variant("epp gateway", mean_ttft=1.0, p90_ttft=2.2, p99_ttft=None, share_ratio=1.2),
+                    "PT": variant(
+                        "epp gateway", mean_ttft=1.0, p90_ttft=2.2, p99_ttft="missing", share_ratio=1.2
+                    ),
+                    # a pod got nothing: the share ratio is inf, written as null
+                    "PC": variant("epp gateway", mean_ttft=1.0, p90_ttft=2.0, p99_ttft=4.0, share_ratio=None),
                 }
             },
         }
@@ -77,12 +85,15 @@ def test_each_goal_is_judged_on_the_medians() -> None:
 
 def test_markdown_counts_and_lists_every_check() -> None:
     text = markdown(check_goals(doc(), "PT"), "PT")
-    assert "- tail: 3 of 4 met" in text and "- gain: 1 of 2 met" in text and "- balance: 1 of 2 met" in text
+    assert "- tail: 2 of 3 met (1 not judged: a figure is missing)" in text
+    assert "- gain: 1 of 2 met" in text and "- balance: 1 of 2 met" in text
     assert (
         "| gain | shared-system-prompt | p90 | 1.053 | ROUND_ROBIN | 2.000 | 1.90x better | **missed** |"
         in text
     )
     assert "| tail | no-sharing | p99 | n/a | ROUND_ROBIN | 4.000 | n/a | n/a |" in text
+    infinite = markdown(check_goals(doc(), "PC"), "PC")
+    assert "| balance | no-sharing | share_ratio | inf | bound | 1.50 | n/a | **missed** |" in infinite
 
 
 def test_cli_prints_the_goals_and_refuses_a_bad_file_or_variant(

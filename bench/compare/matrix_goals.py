@@ -49,9 +49,15 @@ class GoalCheck:
 
 
 def _median(variant: Mapping[str, Any], figure: str) -> float:
+    """The figure's median; the JSON writes infinities as null, so null over some runs is infinite (a
+    pod that got no request makes the share ratio inf); NaN when no run had the figure."""
     spread = variant.get("figures", {}).get(figure)
-    value = spread.get("median") if spread else None
-    return math.nan if value is None else float(value)
+    if not spread:
+        return math.nan
+    value = spread.get("median")
+    if value is None:
+        return math.inf if spread.get("runs") else math.nan
+    return float(value)
 
 
 def _number(workload: str) -> int | None:
@@ -143,8 +149,10 @@ def markdown(checks: Sequence[GoalCheck], candidate: str) -> str:
     for goal in ("tail", "gain", "peers", "balance"):
         mine = [c for c in checks if c.goal == goal]
         if mine:
-            missed = sum(c.met is False for c in mine)
-            lines.append(f"- {goal}: {len(mine) - missed} of {len(mine)} met")
+            met = sum(c.met is True for c in mine)
+            unjudged = sum(c.met is None for c in mine)
+            extra = f" ({unjudged} not judged: a figure is missing)" if unjudged else ""
+            lines.append(f"- {goal}: {met} of {len(mine) - unjudged} met{extra}")
     lines += [
         "",
         "| goal | workload | figure | value | against | reference | ratio | verdict |",

@@ -103,7 +103,7 @@ class InferencePool(BaseModel):
 
     @property
     def routing_strategy(self) -> RoutingStrategy:
-        """From the routing-strategy annotation; PREFIX_CACHE when it is absent."""
+        """From the routing-strategy annotation; DEFAULT_STRATEGY (PREFIX_TOKENS) when it is absent."""
         return self.metadata.routing_strategy
 
 

@@ -36,7 +36,7 @@ class RoutingStrategy(Enum):
         return f"{self.value.lower()}.yaml"
 
 
-DEFAULT_STRATEGY = RoutingStrategy.PREFIX_CACHE
+DEFAULT_STRATEGY = RoutingStrategy.PREFIX_TOKENS
 VALID_NAMES = ", ".join(s.value for s in RoutingStrategy)
 
 
