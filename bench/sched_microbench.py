@@ -1,13 +1,19 @@
 """Microbenchmark: latency of one full scheduling decision, by prompt size and pool size.
 
-Each decision is `Scheduler.schedule` with a built-in strategy (default PREFIX_CACHE: saturation filter,
-prefix-cache scorer with a warm index, prefix-affinity filter, least-request scorer, max-score picker) over a
+Each decision is `Scheduler.schedule` with a built-in strategy (default: the default strategy) over a
 datastore of fake pods, followed by the profile's PreRequest hooks as the request director runs them before
-forwarding (the prefix scorer's index insert). Requests share a per-"conversation" prefix (about
-three quarters of the prompt) followed by a unique tail, so the prefix index sees partial hits as in real
-traffic. Building the request is outside the timed region; reading the datastore is inside.
+forwarding (the prefix scorer's index insert, the prefill backlog's add). Requests share a
+per-"conversation" prefix (about three quarters of the prompt) followed by a unique tail, so the prefix
+index sees partial hits as in real traffic. Building the request is outside the timed region; reading the
+datastore is inside.
 
-    python -m bench.sched_microbench [--strategy NAME] [--iterations N] [--markdown PATH]
+Requests end, as in a steady state: each counts as in flight on its pod (the datastore's count) until
+`--in-flight-per-pod` x pods later decisions have been made, then gets its first token and completes
+through the profile's hooks, untimed (0: requests never end, so in-flight counts stay 0 and the prefill
+backlog only drains with time).
+
+    python -m bench.sched_microbench [--strategy NAME] [--in-flight-per-pod N] [--iterations N]
+        [--markdown PATH]
 """
 
 from __future__ import annotations
@@ -19,19 +25,21 @@ import random
 import statistics
 import string
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from epp.config import RoutingStrategy, builtin_strategy, parse_strategy
+from epp.config import DEFAULT_STRATEGY, RoutingStrategy, builtin_strategy, parse_strategy
 from epp.datastore import Datastore, Endpoint, MetricsSnapshot
 from epp.scheduling.builder import build_scheduler
 from epp.scheduling.scheduler import Scheduler
-from epp.scheduling.types import LLMRequest
+from epp.scheduling.types import AttemptReport, LLMRequest, SchedulingResult
 from scorers.builtin import default_registry
 
 PROMPT_CHARS = (1_000, 8_000, 32_000)
 POD_COUNTS = (8, 64, 256)
 CONVERSATIONS = 64  # distinct shared prefixes in the workload
+DEFAULT_IN_FLIGHT_PER_POD = 2
 SHARED_FRACTION = 0.75
 
 
@@ -92,30 +100,69 @@ class Workload:
         return LLMRequest(request_id=rid, model="m", target_model="m", prompt=prefix + tail)
 
 
-def decide(scheduler: Scheduler, request: LLMRequest) -> None:
+def decide(scheduler: Scheduler, request: LLMRequest) -> SchedulingResult:
     """One decision as the director makes it: schedule, then the before-request hooks."""
     result = scheduler.schedule(request)
     ctx, endpoint = result.context, result.endpoint
     for hook in scheduler.profile(result.profile).pre_requests:
         hook.pre_request(ctx, endpoint)
+    return result
+
+
+class InFlight:
+    """The decided requests still in flight: the oldest ends (first token, completion) when over `limit`."""
+
+    def __init__(self, scheduler: Scheduler, datastore: Datastore, limit: int) -> None:
+        self.scheduler, self.datastore, self.limit = scheduler, datastore, limit
+        self.open: deque[SchedulingResult] = deque()
+
+    def sent(self, result: SchedulingResult) -> None:
+        if self.limit <= 0:
+            return
+        self.datastore.acquire(result.endpoint.name)
+        self.open.append(result)
+        if len(self.open) > self.limit:
+            self.end(self.open.popleft())
+
+    def end(self, result: SchedulingResult) -> None:
+        ctx, endpoint = result.context, result.endpoint
+        profile = self.scheduler.profile(result.profile)
+        for hook in profile.first_tokens:
+            hook.first_token(ctx, endpoint, 0.1)
+        tokens = len(ctx.request.prompt) // 4
+        report = AttemptReport(
+            endpoint, status=200, responded=True, prompt_tokens=tokens, completion_tokens=50
+        )
+        for complete in profile.response_completes:
+            complete.response_complete(ctx, report)
+        self.datastore.release(endpoint.name)
 
 
 def measure(
-    strategy: RoutingStrategy, prompt_chars: int, pods: int, iterations: int, warmup: int, seed: int
+    strategy: RoutingStrategy,
+    prompt_chars: int,
+    pods: int,
+    iterations: int,
+    warmup: int,
+    seed: int,
+    in_flight_per_pod: int = DEFAULT_IN_FLIGHT_PER_POD,
 ) -> Cell:
     rng = random.Random(seed)
     config = builtin_strategy(strategy)
-    scheduler: Scheduler = build_scheduler(config, make_datastore(pods, rng), default_registry(), rng)
+    datastore = make_datastore(pods, rng)
+    scheduler: Scheduler = build_scheduler(config, datastore, default_registry(), rng)
+    in_flight = InFlight(scheduler, datastore, in_flight_per_pod * pods)
     work = Workload(rng, prompt_chars)
     for _ in range(warmup):  # warms the prefix index: every conversation lands on some pod
-        decide(scheduler, work.next_request())
+        in_flight.sent(decide(scheduler, work.next_request()))
     samples: list[float] = []
     clock = time.perf_counter_ns
     for _ in range(iterations):
         req = work.next_request()
         t0 = clock()
-        decide(scheduler, req)
+        result = decide(scheduler, req)
         samples.append((clock() - t0) / 1_000)
+        in_flight.sent(result)
     samples.sort()
     p99 = samples[min(len(samples) - 1, round(0.99 * len(samples)) - 1)]
     return Cell(prompt_chars, pods, statistics.median(samples), p99, statistics.fmean(samples), iterations)
@@ -163,17 +210,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--prompt-chars", type=int_list, default=PROMPT_CHARS, help="e.g. 1000,8000,32000")
     parser.add_argument("--pods", type=int_list, default=POD_COUNTS, help="e.g. 8,64,256")
-    parser.add_argument("--strategy", type=parse_strategy, default=RoutingStrategy.PREFIX_CACHE)
+    parser.add_argument("--strategy", type=parse_strategy, default=DEFAULT_STRATEGY)
+    parser.add_argument(
+        "--in-flight-per-pod",
+        type=int,
+        default=DEFAULT_IN_FLIGHT_PER_POD,
+        help="requests in flight per pod before the oldest ends (0: none ever ends)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown to PATH")
     args = parser.parse_args(argv)
-    if args.iterations < 1 or args.warmup < 0:
-        parser.error("--iterations must be >= 1 and --warmup >= 0")
-    print(f"strategy: {args.strategy.value}; machine: {machine_description()}", flush=True)
+    if args.iterations < 1 or args.warmup < 0 or args.in_flight_per_pod < 0:
+        parser.error("--iterations must be >= 1, --warmup and --in-flight-per-pod >= 0")
+    print(
+        f"strategy: {args.strategy.value}; in flight per pod: {args.in_flight_per_pod}; "
+        f"machine: {machine_description()}",
+        flush=True,
+    )
     cells = []
     for chars in args.prompt_chars:
         for pods in args.pods:
-            cell = measure(args.strategy, chars, pods, args.iterations, args.warmup, args.seed)
+            cell = measure(
+                args.strategy, chars, pods, args.iterations, args.warmup, args.seed, args.in_flight_per_pod
+            )
             cells.append(cell)
             print(
                 f"{chars:>7,} chars x {pods:>3} pods: p50 {cell.p50_us:8.1f} µs  p99 {cell.p99_us:8.1f} µs"

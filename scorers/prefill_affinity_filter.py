@@ -11,14 +11,19 @@ there, each at the pod's learned prefill rate. Affinity holds while
 
 and is broken otherwise: every candidate passes and the profile's scorers (the prefill-load scorer first)
 pick, which usually means a colder pod that will be warm for the next request. A hot shared prefix thus
-spreads over more pods as its load grows instead of piling onto the pods that saw it first.
+spreads over more pods as its load grows instead of piling onto the pods that saw it first. The bound buys
+not computing the prefix twice with some of this request's latency; on an idle pod (nothing in flight,
+queued or scraped as running or waiting) the computing costs no other request anything, so affinity is
+also broken when an idle pod's estimated wait is below the warm pods' (`idlePodsBreakAffinity`).
 
 The per-request comparison cannot see that copying a *shared* prefix to another pod is paid once and frees
 the warm pods for good, so at moderate load the pods that first saw a system prompt would keep every new
 user while the others idle. Hence a second rule: when the match ends at a block at least
 `hotPrefixRequests` recent requests (a count decaying with a 30 s half-life) also ended at, every warm pod
 has requests in flight, and some pod lacking the prefix is idle (nothing in flight from epp, nothing queued
-in tokens, nothing running or waiting at its last scrape), only the idle pods pass. A returning user's own
+in tokens, nothing running or waiting at its last scrape), only the idle pods pass, those whose estimated
+wait is at most `hotSpreadWaitRatio` (4) times the warm pods' (a 50K-character document is not worth
+copying for one question to a pod that is idle but needs seconds to prefill it). A returning user's own
 history ends at a block no one else reaches, so conversations stay put. `hotPrefixRequests: 0` turns it off.
 
 `prefixPluginRef` names a `prefix-cache-scorer` or a `precise-prefix-cache-scorer` (what the pods' KV events
@@ -48,7 +53,8 @@ from scorers.prefix_affinity_common import LOG_LINES_PER_SECOND, AffinityParams,
 
 TYPE_NAME = "prefill-affinity-filter"
 DECISION_KEY = "prefill_affinity"
-"""Key in ctx.cycle.data of this filter's decision: ratio, applied, broken, warm_wait_s, cold_wait_s, kept."""
+"""Key in ctx.cycle.data of this filter's decision: ratio, applied, broken (and broken_by: wait, idle),
+warm_wait_s, cold_wait_s, kept, spread."""
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +63,8 @@ class PrefillAffinityParams(AffinityParams):
     wait_bound: float = Field(default=0.25, ge=0.0, le=100.0, alias="waitBound")
     wait_bound_seconds: float = Field(default=0.0, ge=0.0, le=3600.0, alias="waitBoundSeconds")
     hot_prefix_requests: float = Field(default=3.0, ge=0.0, le=1e6, alias="hotPrefixRequests")
+    hot_spread_wait_ratio: float = Field(default=4.0, ge=1.0, le=1e6, alias="hotSpreadWaitRatio")
+    idle_pods_break_affinity: bool = Field(default=True, strict=True, alias="idlePodsBreakAffinity")
     load_plugin_ref: str = Field(default=LOAD_SCORER_TYPE, min_length=1, alias="loadPluginRef")
 
 
@@ -72,6 +80,8 @@ class PrefillAffinityFilter:
         wait_bound: float = 0.25,
         wait_bound_seconds: float = 0.0,
         hot_prefix_requests: float = 3.0,
+        hot_spread_wait_ratio: float = 4.0,
+        idle_pods_break_affinity: bool = True,
         saturation: SaturationDetector | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -82,6 +92,8 @@ class PrefillAffinityFilter:
         self.wait_bound = wait_bound
         self.wait_bound_seconds = wait_bound_seconds
         self.hot_prefix_requests = hot_prefix_requests
+        self.hot_spread_wait_ratio = hot_spread_wait_ratio
+        self.idle_pods_break_affinity = idle_pods_break_affinity
         self.saturation = saturation or SaturationDetector()
         self._clock = clock
         self._hot = HotPrefixes()
@@ -102,11 +114,23 @@ class PrefillAffinityFilter:
         cold_wait = min(cold) if cold else None
         limit = None if cold_wait is None else cold_wait * (1.0 + self.wait_bound) + self.wait_bound_seconds
         decision.update(warm_wait_s=warm_wait, cold_wait_s=cold_wait)
+        broken_by = None
         if limit is not None and warm_wait > limit:
-            decision.update(broken=True, kept=[])
-            self._log("broken", ctx, best, warm_wait, cold_wait, sorted(warm_names))
+            broken_by = "wait"
+        elif (
+            cold_wait is not None
+            and cold_wait < warm_wait  # (the walk over the candidates only when it can matter)
+            and self._idle_is_quicker(candidates, warm_names, waits, warm_wait)
+        ):
+            broken_by = "idle"
+        if broken_by is not None:
+            decision.update(broken=True, broken_by=broken_by, kept=[])
+            self._log(broken_by, ctx, best, warm_wait, cold_wait, sorted(warm_names))
             return list(candidates)
         idle = self._idle_for_hot_prefix(ctx, candidates, warm, warm_names)
+        if idle:  # a copy that would make this request wait many times longer than the warm pod
+            most = warm_wait * self.hot_spread_wait_ratio
+            idle = [c for c in idle if waits[c.endpoint.name] <= most]
         if idle:
             idle_names = [c.endpoint.name for c in idle]
             decision.update(applied=True, broken=False, spread=True, kept=idle_names)
@@ -118,6 +142,36 @@ class PrefillAffinityFilter:
         decision.update(applied=True, broken=False, kept=kept_names)
         self._log("applied", ctx, best, warm_wait, cold_wait, kept_names)
         return kept
+
+    def _idle_is_quicker(
+        self,
+        candidates: Sequence[Candidate],
+        warm_names: set[str],
+        waits: Mapping[str, float],
+        warm_wait: float,
+    ) -> bool:
+        """Whether a pod lacking the prefix, with nothing to do, would answer sooner than the warm pods.
+
+        The wait bound trades this request's latency for not computing the prefix twice; an idle pod's
+        compute costs no other request anything, so there the trade buys nothing (a burst of new users
+        behind one system prompt on an empty fleet would otherwise pair up on the first pod).
+        """
+        if not self.idle_pods_break_affinity:
+            return False
+        pending = self.load.pending_tokens
+        is_saturated = self.saturation.is_saturated
+        for c in candidates:
+            name = c.endpoint.name
+            if (
+                waits[name] < warm_wait
+                and name not in warm_names
+                and c.in_flight == 0
+                and c.metrics.running + c.metrics.waiting == 0
+                and not is_saturated(c)
+                and pending(name) == 0.0
+            ):
+                return True
+        return False
 
     def _idle_for_hot_prefix(
         self,
@@ -175,6 +229,17 @@ class PrefillAffinityFilter:
                 names,
                 suffix,
             )
+        elif what == "idle":
+            logger.info(
+                "Prefix affinity broken: request %s matching ratio %.2f on %s, estimated wait %.3fs > "
+                "an idle pod's %s%s",
+                ctx.request.request_id,
+                best,
+                names,
+                warm_wait,
+                cold,
+                suffix,
+            )
         else:
             logger.info(
                 "Prefix affinity broken: request %s matching ratio %.2f on %s, estimated wait %.3fs > "
@@ -205,6 +270,8 @@ def factory(name: str, params: Mapping[str, Any], deps: PluginDeps) -> PrefillAf
         p.wait_bound,
         p.wait_bound_seconds,
         p.hot_prefix_requests,
+        p.hot_spread_wait_ratio,
+        p.idle_pods_break_affinity,
         deps.saturation,
     )
 

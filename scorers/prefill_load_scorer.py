@@ -165,21 +165,22 @@ class PrefillLoadScorer:
         chars = len(ctx.request.prompt)
         per_char = 1.0 / self.cpt.value / 1000.0  # kilotokens per character
         prefix = self.prefix
-        cached = prefix.cached_chars(ctx, pods) if prefix is not None else {}
+        cached_get = (prefix.cached_chars(ctx, pods) if prefix is not None else {}).get
         rates = self.rates
-        queued = self.backlog.queued(now, rates.rate)
-        models = rates.models
+        queued_get = self.backlog.queued(now, rates.rate).get
+        models_get = rates.models.get
         requests: dict[str, float] = ctx.cycle.data.setdefault(self._requests_key, {})
-        scraped_at = self._scraped_at
+        scraped_get = self._scraped_at.get
         whole = chars * per_char
         r = self.replicas
         for c in pods:
             pod = c.endpoint.name
             m = c.metrics
-            if m.prefill_time_s is not None and m.scraped_at != scraped_at.get(pod):
+            if m.prefill_time_s is not None and m.scraped_at != scraped_get(pod):
                 self.observe_scrape(pod, m)
-            theta = (models.get(pod) or rates.model(pod)).theta
-            hit = cached.get(pod)
+            model = models_get(pod)
+            theta = (model if model is not None else rates.model(pod)).theta
+            hit = cached_get(pod)
             if hit:
                 own = chars - hit
                 ktok = own * per_char if own > 0 else 0.0
@@ -190,7 +191,7 @@ class PrefillLoadScorer:
             n = m.running + m.waiting
             if c.in_flight * r > n:
                 n = c.in_flight * r
-            q = queued.get(pod)
+            q = queued_get(pod)
             if q is not None:
                 ktok += q[0] * r / 1000.0
                 n -= q[1] * r

@@ -115,9 +115,11 @@ class PrefixCacheScorer:
         self.index = index if index is not None else PrefixIndex(lru_capacity_per_server)
         self._cycle_key = f"{TYPE_NAME}:{name}"
         self._added_key = f"{TYPE_NAME}:{name}:added"  # pod -> hashes this request added to its LRU
-        # The snapshot each pod's LRU was last sized from; a new scrape brings a new object.
-        # pod -> what its LRU was sized from: block size, KV blocks, block length, characters per token
-        self._sized_from: dict[str, tuple[int | None, int | None, int, float]] = {}
+        self._observed_key = f"{TYPE_NAME}:{name}:observed"  # the candidates' KV geometry was checked
+        # pod -> the KV geometry its LRU was last sized from (block size, KV blocks), for the block length and
+        # characters per token in _sized_shape (a change of those sizes every pod again)
+        self._sized_from: dict[str, tuple[int | None, int | None]] = {}
+        self._sized_shape: tuple[int, float] | None = None
 
     def on_endpoint_event(self, event: EndpointEvent, endpoint: Endpoint) -> None:
         """Datastore listener: forget a pod that restarted (empty cache) or left."""
@@ -146,8 +148,12 @@ class PrefixCacheScorer:
 
     def match_ratios(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> dict[str, float]:
         """Per candidate: matched leading blocks / the request's full blocks (0 without a full block)."""
-        if self.auto_size_lru or self.alignment.aligned:
+        # Once per cycle (before the hashes, which the geometry may re-cut): the affinity filter asks first,
+        # then the scorer about a subset of those pods.
+        data = ctx.cycle.data
+        if (self.auto_size_lru or self.alignment.aligned) and self._observed_key not in data:
             self._observe(candidates)
+            data[self._observed_key] = True
         match = self.cycle_match(ctx)
         total = match.total
         if total == 0:
@@ -164,10 +170,21 @@ class PrefixCacheScorer:
 
     def cached_chars(self, ctx: SchedulingContext, candidates: Sequence[Candidate]) -> dict[str, float]:
         """Pod -> prompt characters in the leading blocks it is predicted to hold (absent: none); every pod
-        of the index, `candidates` aside (the precise scorer's counterpart needs them)."""
+        of the index, `candidates` aside (the precise scorer's counterpart needs them).
+
+        A pod matching every block of a prompt longer than the hashed window (`maxPrefixBlocksToMatch`)
+        is taken to hold the whole prompt: the window caps the hashing cost, and a prompt that agrees with
+        a pod's cache for its first 16K characters (a long document, a long conversation) almost always
+        goes on agreeing. Counting only the window would make a warm pod look as cold as an idle one.
+        """
         match = self.cycle_match(ctx)
         size = match.block_size
-        return {pod: float(n * size) for pod, n in match.matched.items()}
+        total = len(match.hashes)
+        chars = len(ctx.request.prompt)
+        whole = float(chars) if total == self.max_prefix_blocks and chars > total * size else None
+        if whole is None:
+            return {pod: float(n * size) for pod, n in match.matched.items()}
+        return {pod: whole if n == total else float(n * size) for pod, n in match.matched.items()}
 
     def matched_key(self, ctx: SchedulingContext, pod: str) -> int | None:
         """The hash of the last leading block `pod` holds (None: it holds none): where its match ends."""
@@ -227,19 +244,28 @@ class PrefixCacheScorer:
         """When a pod's KV geometry or the block alignment changes: the pod's block size (token alignment)
         and its LRU's capacity (autoSizeLRU). Keyed by value, not by snapshot: epp's own accounting makes a
         new snapshot on every send and finish."""
-        sized_from = self._sized_from
         alignment = self.alignment
+        shape = (alignment.block_chars, alignment.chars_per_token)
+        if shape != self._sized_shape:  # every pod's LRU was sized for another block length: size them again
+            self._sized_shape = shape
+            self._sized_from.clear()
+        sized_get = self._sized_from.get
         for c in candidates:
             metrics = c.metrics
             pod = c.endpoint.name
-            geometry = (metrics.block_size, metrics.num_gpu_blocks)
-            if sized_from.get(pod) == (*geometry, alignment.block_chars, alignment.chars_per_token):
+            geometry = sized_get(pod)
+            if (
+                geometry is not None
+                and geometry[0] == metrics.block_size
+                and geometry[1] == metrics.num_gpu_blocks
+            ):
                 continue
             alignment.on_scrape(pod, metrics.block_size)  # may retune the block length
             if self.auto_size_lru:
                 capacity = capacity_from_metrics(metrics, alignment.block_chars, alignment.chars_per_token)
                 self.index.set_capacity(pod, capacity)
-            sized_from[pod] = (*geometry, alignment.block_chars, alignment.chars_per_token)
+            # (If this pod retuned the block length, the next cycle sizes every pod again.)
+            self._sized_from[pod] = (metrics.block_size, metrics.num_gpu_blocks)
 
 
 def factory(name: str, params: Mapping[str, Any], deps: PluginDeps) -> PrefixCacheScorer:

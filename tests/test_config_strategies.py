@@ -40,7 +40,7 @@ EXPECTED_PROFILES = {
         ("prefix-cache-scorer", 0.0),
         ("prefill-load-scorer", 2.0),
         ("prefill-affinity-filter", 1.0),
-        ("least-request-scorer", 1.0),
+        ("least-request-scorer", 0.25),
         ("max-score-picker", 1.0),
     ],
     RoutingStrategy.LOAD_AWARE: [

@@ -247,7 +247,8 @@ def affinity(
 def test_affinity_holds_within_the_bound_and_breaks_past_it() -> None:
     clock = FakeClock()
     prefix, load, filt = affinity(clock)
-    pods = [cand("warm"), cand("cold-1"), cand("cold-2")]
+    # The cold pods decode something (not idle, which would break affinity as soon as they are quicker).
+    pods = [cand("warm"), cand("cold-1", running=1), cand("cold-2", running=1)]
     send(prefix, load, streamed(SHARED + "user 0"), "warm")
     shared_tokens = len(SHARED) / 4
     kept_until = None
@@ -277,7 +278,7 @@ def test_routed_and_broken_decisions_log_at_info_in_gies_shape(caplog: pytest.Lo
     clock, filter_clock = FakeClock(), FakeClock()
     prefix, load = plugins(clock)
     filt = PrefillAffinityFilter("f", prefix, load, clock=filter_clock)
-    pods = [cand("warm"), cand("cold")]
+    pods = [cand("warm"), cand("cold", running=1)]
     send(prefix, load, streamed(SHARED + "user 0"), "warm")
     with caplog.at_level(logging.INFO, logger="scorers.prefill_affinity_filter"):
         for i in range(1, 200):
@@ -301,7 +302,7 @@ def test_a_larger_bound_holds_affinity_longer() -> None:
     for bound in (0.0, 0.25, 1.0):
         clock = FakeClock()
         prefix, load, filt = affinity(clock, wait_bound=bound)
-        pods = [cand("warm"), cand("cold")]
+        pods = [cand("warm"), cand("cold", running=1)]
         send(prefix, load, streamed(SHARED + "user 0"), "warm")
         n = 0
         while n < 200:
@@ -312,6 +313,29 @@ def test_a_larger_bound_holds_affinity_longer() -> None:
             n += 1
         held[bound] = n
     assert held[0.0] < held[0.25] < held[1.0], held
+
+
+def test_an_idle_pod_that_answers_sooner_breaks_affinity() -> None:
+    clock = FakeClock()
+    prefix, load, filt = affinity(clock)
+    send(prefix, load, streamed(SHARED + "user 0"), "warm")  # its prefill is still queued
+    # A second new user: behind the first on the warm pod it waits longer than a whole prefill on the idle
+    # pod (within the 25% bound, so a busy cold pod would not break affinity).
+    ctx = SchedulingContext(streamed(SHARED + "user 1"))
+    assert [c.name for c in filt.filter(ctx, [cand("warm"), cand("idle")])] == ["warm", "idle"]
+    decision = ctx.cycle.data[DECISION_KEY]
+    assert decision["broken_by"] == "idle" and decision["cold_wait_s"] < decision["warm_wait_s"]
+    ctx = SchedulingContext(streamed(SHARED + "user 1"))
+    assert [c.name for c in filt.filter(ctx, [cand("warm"), cand("cold", running=1)])] == ["warm"]
+    ctx = SchedulingContext(streamed(SHARED + "user 1"))
+    assert [c.name for c in filt.filter(ctx, [cand("warm"), cand("sent-to", in_flight=1)])] == ["warm"]
+    off = PrefillAffinityFilter("off", prefix, load, idle_pods_break_affinity=False)
+    ctx = SchedulingContext(streamed(SHARED + "user 1"))
+    assert [c.name for c in off.filter(ctx, [cand("warm"), cand("idle")])] == ["warm"]
+    # Once the warm pod's queue is done it is the quicker one again: affinity holds.
+    load.backlog.forget("warm")
+    ctx = SchedulingContext(streamed(SHARED + "user 1"))
+    assert [c.name for c in filt.filter(ctx, [cand("warm"), cand("idle")])] == ["warm"]
 
 
 def test_saturated_or_weak_matches_are_not_prefix_routed() -> None:
@@ -358,6 +382,9 @@ def test_a_hot_prefix_spreads_to_an_idle_pod_when_the_warm_pods_are_busy() -> No
     prefix, load, filt = affinity(clock)
     send(prefix, load, streamed(SHARED + "user 0"), "warm")
     load.backlog.forget("warm")  # its first token came back
+    # The warm pod still prefills 1,000 tokens of another prompt: a copy to the idle pod (~2,000 tokens)
+    # would wait about twice as long, within hotSpreadWaitRatio's 4.
+    send(prefix, load, streamed("another prompt " * 267), "warm")
     busy_warm = [cand("warm", in_flight=2, running=2), cand("idle"), cand("busy", in_flight=1, running=1)]
     kept = []
     for i in range(1, 5):  # new users behind one system prompt: the prefix gets hot
@@ -366,6 +393,12 @@ def test_a_hot_prefix_spreads_to_an_idle_pod_when_the_warm_pods_are_busy() -> No
     assert kept[:2] == [["warm"], ["warm"]]  # not hot yet: affinity holds (the wait bound is far)
     assert kept[2:] == [["idle"], ["idle"]]  # hot, warm pod busy: copy the prefix to the idle pod
     assert ctx.cycle.data[DECISION_KEY]["spread"] is True
+    # With nothing queued on the warm pod the copy would wait ~25 times longer: not worth it.
+    load.backlog.forget("warm")
+    ctx = SchedulingContext(streamed(SHARED + "new user 5"))
+    assert [c.name for c in filt.filter(ctx, busy_warm)] == ["warm"]
+    assert ctx.cycle.data[DECISION_KEY].get("spread") is None
+    send(prefix, load, streamed("another prompt " * 267), "warm")
     # A warm pod with nothing in flight keeps it, however hot the prefix.
     ctx = SchedulingContext(streamed(SHARED + "new user 9"))
     assert [c.name for c in filt.filter(ctx, [cand("warm"), cand("idle")])] == ["warm"]
@@ -376,6 +409,7 @@ def test_a_hot_prefix_spreads_to_an_idle_pod_when_the_warm_pods_are_busy() -> No
     ctx = SchedulingContext(streamed(history + " and one more question"))
     assert [c.name for c in filt.filter(ctx, busy_warm)] == ["warm"]
     # hotPrefixRequests 0 turns the spreading off.
+    send(prefix, load, streamed("another prompt " * 267), "warm")
     off = PrefillAffinityFilter("off", prefix, load, hot_prefix_requests=0)
     for i in range(5):
         ctx = SchedulingContext(streamed(SHARED + f"another user {i}"))

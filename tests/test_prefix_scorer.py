@@ -79,7 +79,7 @@ def test_hashes_computed_once_per_cycle() -> None:
     plugin = PrefixCacheScorer(name="pc")
     c = ctx(blocks(3))
     plugin.match_ratios(c, [cand("a")])
-    cached = [k for k in c.cycle.data if "pc" in k]
+    cached = [k for k in c.cycle.data if k.endswith(":pc")]  # the hashes (not the geometry flag)
     assert len(cached) == 1
     stored = c.cycle.data[cached[0]]
     plugin.score(c, [cand("a"), cand("b")])
@@ -222,3 +222,30 @@ def test_cache_salt_separates_prefixes() -> None:
     assert plugin.score(salted("tenant-1"), [a]) == {"a": 1.0}
     assert plugin.score(salted("tenant-2"), [a]) == {"a": 0.0}
     assert plugin.score(salted(None), [a]) == {"a": 0.0}
+
+
+def test_a_full_window_match_counts_the_whole_longer_prompt_as_cached() -> None:
+    plugin = PrefixCacheScorer(max_prefix_blocks=4, auto_size_lru=False)
+    document = blocks(10)  # longer than the 4-block window
+    plugin.pre_request(ctx(document + "first question"), cand("a").endpoint)
+    plugin.pre_request(ctx(blocks(3) + blocks(7, seed="other")), cand("b").endpoint)
+    asked = ctx(document + "second question")
+    # a holds the whole window: the rest of the document is taken as held too; b only its 3 blocks.
+    assert plugin.cached_chars(asked, ()) == {"a": float(len(document + "second question")), "b": 3 * 64.0}
+    # A prompt within the window counts only the blocks it matched.
+    short = ctx(blocks(4))
+    plugin.pre_request(short, cand("c").endpoint)
+    assert plugin.cached_chars(ctx(blocks(4)), ())["c"] == 4 * 64.0
+
+
+def test_kv_geometry_is_checked_once_per_cycle() -> None:
+    plugin = PrefixCacheScorer(block_size=64)
+    c = ctx(blocks(3))
+    plugin.match_ratios(c, [cand("a", snap(1.0, block_size=16, gpu_blocks=10))])
+    assert plugin.index.capacity("a") == 10
+    # The scorer's call in the same cycle does not size again (it sees a subset of the filter's pods)...
+    plugin.match_ratios(c, [cand("a", snap(2.0, block_size=16, gpu_blocks=4))])
+    assert plugin.index.capacity("a") == 10
+    # ...the next cycle does.
+    plugin.match_ratios(ctx(blocks(3)), [cand("a", snap(2.0, block_size=16, gpu_blocks=4))])
+    assert plugin.index.capacity("a") == 4
