@@ -23,10 +23,12 @@ A pod's estimated wait is `overhead + (backlog + own) / rate + per_request * req
   one also replaces the prior). A window in which a first token was observed gives none: the TTFT fit,
   which also sees epp's queue, keeps the lead.
 
-Score = lowest estimated wait among the candidates / the pod's, so the quickest pod scores 1 and one twice as
-slow 0.5. New users and cold prompts therefore spread by token load, and requests sent back to back count at
-once (no scrape needed). `prefill-affinity-filter` uses the same estimates to decide when prefix affinity
-stops paying.
+Score = (lowest estimated wait among the candidates x 1.1) / the pod's, at most 1: the pods within 10% of the
+quickest score 1 and one twice as slow about 0.55. The 10% is the estimate's noise: identical pods learn
+rates a few percent apart, and without it the one that looks fastest would take every request an idle fleet
+gets (the least-request tie-breaker then spreads them). New users and cold prompts therefore spread by token
+load, and requests sent back to back count at once (no scrape needed). `prefill-affinity-filter` uses the
+same estimates to decide when prefix affinity stops paying.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from scorers.prefix_cache_scorer import PrefixCacheScorer
 PrefixPlugin = PrefixCacheScorer | PrecisePrefixCacheScorer
 
 TYPE_NAME = "prefill-load-scorer"
+WAIT_TOLERANCE = 0.1  # estimated waits within this fraction of the quickest one score as the quickest
 
 logger = logging.getLogger(__name__)
 
@@ -225,8 +228,8 @@ class PrefillLoadScorer:
         waits = self.estimated_waits(ctx, candidates)
         if not waits:
             return {}
-        best = max(min(waits.values()), 1e-6)
-        return {pod: best / max(w, 1e-6) for pod, w in waits.items()}
+        near = max(min(waits.values()), 1e-6) * (1.0 + WAIT_TOLERANCE)
+        return {pod: 1.0 if w <= near else near / w for pod, w in waits.items()}
 
     # -- lifecycle hooks -----------------------------------------------------------------------------------
     def pre_request(self, ctx: SchedulingContext, endpoint: Endpoint) -> None:

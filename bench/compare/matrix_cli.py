@@ -17,7 +17,7 @@ from rich.console import Console
 from bench.compare.matrix import MatrixSpec, RunResult, run_matrix
 from bench.compare.matrix_goals import check_goals
 from bench.compare.matrix_goals import markdown as goals_markdown
-from bench.compare.matrix_report import cells_by_workload, json_document, markdown_table, write_matrix_reports
+from bench.compare.matrix_report import cells_by_workload, markdown_table, write_matrix_reports
 from bench.compare.provenance import command_line, commit_info, config_hashes, machine_info
 from bench.compare.variants import build_variants, parse_strategy_list
 from bench.peers import available_peers
@@ -247,10 +247,12 @@ def run_matrix_command(args: argparse.Namespace, workloads_text: str, console: C
         context = matrix_context(spec, notes, start, command_line(args), commit)
         for workload, cells in cells_by_workload(done).items():
             console.print(f"\n[bold]{workload}[/]\n{markdown_table(cells)}")
-        json_path, md_path = write_matrix_reports(context, markdown_intro(context), done, spec.output_dir)
+        json_path, md_path, document = write_matrix_reports(
+            context, markdown_intro(context), done, spec.output_dir
+        )
         goals_for = getattr(args, "goals_for", None)
         if goals_for:
-            goals = goals_markdown(check_goals(json_document(context, done), goals_for), goals_for)
+            goals = goals_markdown(check_goals(document, goals_for), goals_for)
             with md_path.open("a", encoding="utf-8") as md:
                 md.write("\n## Goals (issue 16)\n\n" + goals)
             console.print(f"\n[bold]Goals[/]\n{goals}")

@@ -139,9 +139,10 @@ def json_document(context: dict[str, Any], results: Sequence[RunResult]) -> dict
 
 def write_matrix_reports(
     context: dict[str, Any], intro: str, results: Sequence[RunResult], output_dir: Path
-) -> tuple[Path, Path]:
-    """matrix.json and matrix.md in `output_dir`."""
+) -> tuple[Path, Path, dict[str, Any]]:
+    """matrix.json and matrix.md in `output_dir`; returns their paths and the JSON document."""
     json_path, md_path = output_dir / "matrix.json", output_dir / "matrix.md"
-    json_path.write_bytes(orjson.dumps(json_document(context, results), option=orjson.OPT_INDENT_2))
+    document = json_document(context, results)
+    json_path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
     md_path.write_text(markdown_document(intro, results), encoding="utf-8")
-    return json_path, md_path
+    return json_path, md_path, document

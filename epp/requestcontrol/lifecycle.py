@@ -262,7 +262,7 @@ class RequestLifecycle:
         out = []
         for name in director.scheduler.rank_relaxed(self.result, (self.endpoint.name,)):
             state = director.datastore.get(name)
-            if state is not None and name != self.endpoint.name:
+            if state is not None:  # (the ranking leaves the pick out)
                 out.append(state.endpoint)
                 if len(out) == count:
                     break
