@@ -158,20 +158,20 @@ class PrefillAffinityFilter:
         """
         if not self.idle_pods_break_affinity:
             return False
-        pending = self.load.pending_tokens
-        is_saturated = self.saturation.is_saturated
-        for c in candidates:
-            name = c.endpoint.name
-            if (
-                waits[name] < warm_wait
-                and name not in warm_names
-                and c.in_flight == 0
-                and c.metrics.running + c.metrics.waiting == 0
-                and not is_saturated(c)
-                and pending(name) == 0.0
-            ):
-                return True
-        return False
+        return any(
+            waits[c.endpoint.name] < warm_wait and c.endpoint.name not in warm_names and self._is_idle(c)
+            for c in candidates
+        )
+
+    def _is_idle(self, c: Candidate) -> bool:
+        """Nothing in flight from epp, nothing queued in tokens, nothing running or waiting at its last
+        scrape, and not saturated."""
+        return (
+            c.in_flight == 0
+            and c.metrics.running + c.metrics.waiting == 0
+            and not self.saturation.is_saturated(c)
+            and self.load.pending_tokens(c.endpoint.name) == 0.0
+        )
 
     def _idle_for_hot_prefix(
         self,
@@ -193,17 +193,8 @@ class PrefillAffinityFilter:
             return []
         if any(c.in_flight == 0 for c in warm):
             return []
-        pending = self.load.pending_tokens
-        is_saturated = self.saturation.is_saturated
-        return [
-            c
-            for c in candidates
-            if c.endpoint.name not in warm_names
-            and c.in_flight == 0
-            and c.metrics.running + c.metrics.waiting == 0
-            and not is_saturated(c)
-            and pending(c.endpoint.name) == 0.0
-        ]
+        is_idle = self._is_idle
+        return [c for c in candidates if c.endpoint.name not in warm_names and is_idle(c)]
 
     def _log(
         self,
