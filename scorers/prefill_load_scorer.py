@@ -182,7 +182,7 @@ class PrefillLoadScorer:
             if m.prefill_time_s is not None and m.scraped_at != scraped_get(pod):
                 self.observe_scrape(pod, m)
             model = models_get(pod)
-            theta = (model if model is not None else rates.model(pod)).theta
+            theta = (model if model is not None else rates.model(pod)).used
             hit = cached_get(pod)
             if hit:
                 own = chars - hit

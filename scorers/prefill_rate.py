@@ -17,7 +17,12 @@ requests) with a forgetting factor, so the estimate follows a pod that slows dow
   widened again so the estimate follows within a few samples;
 - bounded: the rate stays within [MIN_RATE, MAX_RATE] tokens/s, the overhead within [0, MAX_OVERHEAD_S],
   the per-request cost within [0, MAX_PER_REQUEST_S]; each variance is capped near the prior's, so a long
-  run of samples that do not vary (every prompt the same length) cannot wind the covariance up.
+  run of samples that do not vary (every prompt the same length) cannot wind the covariance up;
+- pooled: each pod's fit is its own, but predictions use it pulled toward the fleet's median. A parameter
+  within POOL_BAND of the median of the pods that have learned (at least POOL_MIN_PODS of them) is taken as
+  the median, one further off loses that much of its difference (soft thresholding). Identical pods fit
+  rates a few percent apart from noise alone, and the one that looked fastest would take what an idle fleet
+  gets, learn more, and stay ahead; a pod really slower (another GPU, a degraded node) still looks slower.
 
 Work is fitted in thousands of tokens, which keeps the parameters on similar scales.
 """
@@ -39,6 +44,9 @@ HUBER_K = 3.0  # residuals beyond this many mean absolute residuals are clipped.
 RELATIVE_INLIER = 0.5  # ...unless within this fraction of the prediction
 WARMUP_SAMPLES = 5  # no clipping before this many samples: the residual scale is not known yet
 CHANGE_STREAK = 3  # this many clipped residuals in a row on the same side: the pod changed, re-learn
+POOL_BAND = 0.15  # a parameter within this fraction of the fleet's median (plus POOL_FLOOR) is the median
+POOL_FLOOR = (0.002, 0.0, 0.001)  # ...and within these absolute amounts (s, s per 1000 tokens, s per request)
+POOL_MIN_PODS = 3  # pods that have learned (WARMUP_SAMPLES) before their median means anything
 MIN_RESIDUAL_SCALE_S = 0.002
 _KTOK = 1000.0
 _MAX_VARIANCE = 1e4  # cap on a covariance diagonal entry
@@ -54,28 +62,34 @@ class RateModel:
     samples: int = 0
     outlier_streak: int = 0  # clipped residuals in a row, signed (+ slower than predicted, - faster)
     prior_cov: list[float] = field(default_factory=list)  # diagonal to widen back to on a change
+    # What predictions use: theta, or theta pulled toward the fleet's median (PrefillRateEstimator pools).
+    used: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.used:
+            self.used = list(self.theta)
 
     @property
     def overhead_s(self) -> float:
-        return self.theta[0]
+        return self.used[0]
 
     @property
     def s_per_ktok(self) -> float:
-        return self.theta[1]
+        return self.used[1]
 
     @property
     def s_per_request(self) -> float:
-        return self.theta[2]
+        return self.used[2]
 
     @property
     def rate(self) -> float:
-        """Prefill tokens per second."""
-        return _KTOK / self.theta[1]
+        """Prefill tokens per second (as predictions use it)."""
+        return _KTOK / self.used[1]
 
     def predict(self, work_tokens: float, requests: float = 0.0) -> float:
         """Seconds to the first token with `work_tokens` of prefill ahead (own included) and `requests`
         already in flight on the pod."""
-        t = self.theta
+        t = self.used
         return t[0] + max(0.0, work_tokens) / _KTOK * t[1] + max(0.0, requests) * t[2]
 
 
@@ -155,6 +169,21 @@ def update(
     # Mean absolute residual (after the update's own clip), for the next outlier bound.
     model.residual_scale_s = max(MIN_RESIDUAL_SCALE_S, 0.9 * model.residual_scale_s + 0.1 * abs(error))
     model.samples += 1
+    model.used[:] = theta
+
+
+def pooled(value: float, median: float, floor: float) -> float:
+    """`value` soft-thresholded toward `median`: within the band it is the median, beyond it loses the band.
+
+    The band is a fraction of the smaller of the two, so a fleet split between fast and slow pods (whose
+    median may be a slow one) does not make the fast ones look much slower."""
+    band = POOL_BAND * min(abs(value), abs(median)) + floor
+    diff = value - median
+    if diff > band:
+        return value - band
+    if diff < -band:
+        return value + band
+    return median
 
 
 class PrefillRateEstimator:
@@ -170,6 +199,8 @@ class PrefillRateEstimator:
         self.prior_overhead_s = prior_overhead_s
         self.forgetting = forgetting
         self.models: dict[str, RateModel] = {}  # read freely; add through model(pod)
+        self._medians: tuple[float, float, float] | None = None  # of the learned pods' theta, when enough
+        self._since_pooled = 0  # observations since the medians were last recomputed
 
     def model(self, pod: str) -> RateModel:
         found = self.models.get(pod)
@@ -188,7 +219,38 @@ class PrefillRateEstimator:
         return prior_model(self.prior_rate, self.prior_overhead_s)
 
     def observe(self, pod: str, work_tokens: float, ttft_s: float, requests: float = 0.0) -> None:
-        update(self.model(pod), work_tokens, ttft_s, requests, self.forgetting)
+        model = self.model(pod)
+        update(model, work_tokens, ttft_s, requests, self.forgetting)
+        # The medians move slowly: recomputed (and every pod re-pooled) about once per pod's sample.
+        self._since_pooled += 1
+        if self._since_pooled >= len(self.models) or self._medians is None:
+            self.pool()
+        else:
+            self._pool_one(model, self._medians)
+
+    def pool(self) -> None:
+        """Recompute the fleet's medians and pull every pod's prediction parameters toward them."""
+        self._since_pooled = 0
+        learned = [m.theta for m in self.models.values() if m.samples >= WARMUP_SAMPLES]
+        if len(learned) < POOL_MIN_PODS:
+            self._medians = None
+            for m in self.models.values():
+                m.used[:] = m.theta
+            return
+        mid = len(learned) // 2
+        medians = (
+            sorted(t[0] for t in learned)[mid],
+            sorted(t[1] for t in learned)[mid],
+            sorted(t[2] for t in learned)[mid],
+        )
+        self._medians = medians
+        for m in self.models.values():
+            self._pool_one(m, medians)
+
+    @staticmethod
+    def _pool_one(model: RateModel, medians: tuple[float, float, float]) -> None:
+        theta = model.theta
+        model.used[:] = [pooled(theta[i], medians[i], POOL_FLOOR[i]) for i in range(3)]
 
     def seed(self, pod: str, rate: float) -> None:
         """Start `pod` from a measured `rate` (tokens/s) if it has learned nothing yet: a measurement of the

@@ -150,8 +150,11 @@ class PrefixIndex:
                 lru[h] = None
                 holders[h] = held_by(h, 0) | mask
                 add(h)
-        if self._evict(lru, mask, self.capacity(pod)):
-            added = [h for h in added if h in lru]
+        capacity = self.capacity(pod)
+        if len(lru) > capacity:
+            self._evict(lru, mask, capacity)
+            if capacity < len(hashes):  # (else this request's blocks are the most recent and all stayed)
+                added = [h for h in added if h in lru]
         return added
 
     def remove(self, pod: str, hashes: Sequence[int]) -> None:
@@ -218,14 +221,19 @@ class PrefixIndex:
                 counts[pod] = depth
             mask ^= low
 
-    def _evict(self, lru: OrderedDict[int, None], mask: int, capacity: int) -> bool:
-        """Trim the LRU to `capacity`; True if anything was evicted."""
-        evicted = False
-        while len(lru) > capacity:
-            h, _ = lru.popitem(last=False)
-            self._drop_holder(h, mask)
-            evicted = True
-        return evicted
+    def _evict(self, lru: OrderedDict[int, None], mask: int, capacity: int) -> None:
+        """Trim the LRU to `capacity`."""
+        # Inlined _drop_holder: a full LRU evicts about as many blocks as each request adds.
+        holders = self._holders
+        keep = ~mask
+        pop_oldest = lru.popitem
+        for _ in range(len(lru) - capacity):
+            h = pop_oldest(last=False)[0]
+            left = holders.get(h, 0) & keep
+            if left:
+                holders[h] = left
+            else:
+                holders.pop(h, None)
 
     def _drop_holder(self, h: int, mask: int) -> None:
         left = self._holders.get(h, 0) & ~mask
