@@ -25,10 +25,11 @@ A pod's estimated wait is `overhead + (backlog + own) / rate + per_request * req
 
 Score = (lowest estimated wait among the candidates x 1.1) / the pod's, at most 1: the pods within 10% of the
 quickest score 1 and one twice as slow about 0.55. The 10% is the estimate's noise: identical pods learn
-rates a few percent apart, and without it the one that looks fastest would take every request an idle fleet
-gets (the least-request tie-breaker then spreads them). New users and cold prompts therefore spread by token
-load, and requests sent back to back count at once (no scrape needed). `prefill-affinity-filter` uses the
-same estimates to decide when prefix affinity stops paying.
+rates a few percent apart (the estimator pools them toward the fleet's median, which removes most of that
+once 3 pods have learned), and without it the one that looks fastest would take every request an idle
+fleet gets (the least-request tie-breaker then spreads them). New users and cold prompts therefore spread
+by token load, and requests sent back to back count at once (no scrape needed). `prefill-affinity-filter`
+uses the same estimates to decide when prefix affinity stops paying.
 """
 
 from __future__ import annotations

@@ -43,8 +43,7 @@ def best_matches(
 ) -> tuple[float, list[Candidate], int]:
     """(best ratio, the pods with it, how many pods are not saturated) over the non-saturated candidates;
     the pods are none unless the best ratio is strictly above `threshold`."""
-    is_saturated = saturation.is_saturated
-    fresh = [c for c in candidates if not is_saturated(c)]
+    fresh = saturation.unsaturated(candidates)
     if not fresh:
         return 0.0, [], 0
     ratios = prefix.match_ratios(ctx, fresh)

@@ -30,8 +30,7 @@ class SaturationFilter:
         criticality = ctx.request.criticality
         if criticality is Criticality.CRITICAL:
             return list(candidates)
-        is_saturated = self.saturation.is_saturated
-        fresh = [c for c in candidates if not is_saturated(c)]
+        fresh = self.saturation.unsaturated(candidates)
         if fresh:
             return fresh
         if criticality is Criticality.SHEDDABLE:

@@ -7,7 +7,10 @@ import random
 
 import pytest
 
+from epp.scheduling.types import SchedulingContext
+from scorers.prefill_load_scorer import PrefillLoadScorer
 from scorers.prefill_rate import POOL_BAND, WARMUP_SAMPLES, PrefillRateEstimator, pooled
+from tests.test_sched_support import cand, request
 
 
 def teach(est: PrefillRateEstimator, pod: str, rate: float, rng: random.Random, n: int = 40) -> None:
@@ -70,3 +73,20 @@ def test_fewer_than_three_learned_pods_are_not_pooled() -> None:
     for pod in ("a", "b"):
         assert est.models[pod].used == est.models[pod].theta
     assert est.rate("a") < est.rate("b")
+
+
+def test_an_idle_fleet_of_identical_pods_scores_alike_though_noise_fitted_them_apart() -> None:
+    # Rates as noisy samples left four identical pods: 24% apart at the extremes. Unpooled, the
+    # quickest-looking pod alone would score 1 and take every request the idle fleet gets.
+    load = PrefillLoadScorer(prior_rate=5000)
+    rng = random.Random(11)
+    for _ in range(3):
+        for pod, rate in (("a", 4200.0), ("b", 4600.0), ("c", 5000.0), ("d", 5200.0)):
+            teach(load.rates, pod, rate, rng, n=15)
+    ctx = SchedulingContext(request("fresh prompt " * 300))
+    pods = [cand(p) for p in "abcd"]
+    assert set(load.score(ctx, pods).values()) == {1.0}
+    for pod in "abcd":  # the fits themselves still differ
+        load.rates.models[pod].used[:] = load.rates.models[pod].theta
+    unpooled = load.score(SchedulingContext(request("fresh prompt " * 300)), pods)
+    assert min(unpooled.values()) < 1.0

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from epp.datastore import MetricsSnapshot
+from epp.scheduling.types import Candidate
 
 DEFAULT_QUEUE_DEPTH_THRESHOLD = 5
 DEFAULT_KV_CACHE_UTIL_THRESHOLD = 0.8
@@ -44,6 +45,12 @@ class SaturationDetector:
         if m is None:
             return True
         return m.waiting >= self.queue_depth_threshold or m.kv_cache_usage >= self.kv_cache_util_threshold
+
+    def unsaturated(self, candidates: Iterable[Candidate]) -> list[Candidate]:
+        """The candidates `is_saturated` says are not saturated, in order (inlined: every decision runs it
+        over the whole pool, and a call per pod cost more than the comparisons)."""
+        q, kv = self.queue_depth_threshold, self.kv_cache_util_threshold
+        return [c for c in candidates if not (c.metrics.waiting >= q or c.metrics.kv_cache_usage >= kv)]
 
     def all_saturated(self, candidates: Iterable[HasMetrics]) -> bool:
         """True when there is at least one candidate and every one is saturated.
