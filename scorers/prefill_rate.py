@@ -20,7 +20,7 @@ requests) with a forgetting factor, so the estimate follows a pod that slows dow
   run of samples that do not vary (every prompt the same length) cannot wind the covariance up;
 - pooled: each pod's fit is its own, but predictions use it pulled toward the fleet's median. A parameter
   within POOL_BAND of the median of the pods that have learned (at least POOL_MIN_PODS of them) is taken as
-  the median, one further off loses that much of its difference (soft thresholding). Identical pods fit
+  the median, one further off loses only the band (soft thresholding). Identical pods fit
   rates a few percent apart from noise alone, and the one that looked fastest would take what an idle fleet
   gets, learn more, and stay ahead; a pod really slower (another GPU, a degraded node) still looks slower.
 

@@ -223,17 +223,8 @@ class PrefixIndex:
 
     def _evict(self, lru: OrderedDict[int, None], mask: int, capacity: int) -> None:
         """Trim the LRU to `capacity`."""
-        # Inlined _drop_holder: a full LRU evicts about as many blocks as each request adds.
-        holders = self._holders
-        keep = ~mask
-        pop_oldest = lru.popitem
         for _ in range(len(lru) - capacity):
-            h = pop_oldest(last=False)[0]
-            left = holders.get(h, 0) & keep
-            if left:
-                holders[h] = left
-            else:
-                holders.pop(h, None)
+            self._drop_holder(lru.popitem(last=False)[0], mask)
 
     def _drop_holder(self, h: int, mask: int) -> None:
         left = self._holders.get(h, 0) & ~mask

@@ -20,6 +20,14 @@ def teach(est: PrefillRateEstimator, pod: str, rate: float, rng: random.Random, 
         est.observe(pod, work, (0.02 + work / rate) * rng.uniform(0.85, 1.15))
 
 
+def teach_fleet(est: PrefillRateEstimator, rates: dict[str, float], seed: int) -> None:
+    """Each pod taught at its rate, interleaved as a fleet's first tokens come (3 rounds of 15 samples)."""
+    rng = random.Random(seed)
+    for _ in range(3):
+        for pod, rate in rates.items():
+            teach(est, pod, rate, rng, n=15)
+
+
 def test_soft_thresholding_keeps_the_median_inside_the_band_and_the_rest_of_a_difference_outside() -> None:
     assert pooled(1.10, 1.0, 0.0) == 1.0
     assert pooled(0.90, 1.0, 0.0) == 1.0
@@ -31,11 +39,8 @@ def test_soft_thresholding_keeps_the_median_inside_the_band_and_the_rest_of_a_di
 
 def test_identical_pods_predict_alike_though_their_fits_differ() -> None:
     est = PrefillRateEstimator(prior_rate=5000)
-    rng = random.Random(7)
     pods = [f"pod-{i}" for i in range(4)]
-    for _ in range(3):  # interleaved, as a fleet's first tokens come
-        for pod in pods:
-            teach(est, pod, 4000.0, rng, n=15)
+    teach_fleet(est, dict.fromkeys(pods, 4000.0), seed=7)
     fitted = [est.models[p].theta[1] for p in pods]
     assert max(fitted) > min(fitted)  # the noise is there in the fits...
     predictions = {round(est.predict(p, 2000), 9) for p in pods}
@@ -45,10 +50,7 @@ def test_identical_pods_predict_alike_though_their_fits_differ() -> None:
 
 def test_a_really_slower_pod_still_looks_slower() -> None:
     est = PrefillRateEstimator(prior_rate=5000)
-    rng = random.Random(8)
-    for _ in range(3):
-        for pod, rate in (("a", 8000.0), ("b", 8000.0), ("c", 8000.0), ("slow", 2000.0)):
-            teach(est, pod, rate, rng, n=15)
+    teach_fleet(est, {"a": 8000.0, "b": 8000.0, "c": 8000.0, "slow": 2000.0}, seed=8)
     assert est.rate("a") == est.rate("b") == est.rate("c")
     assert est.rate("a") / est.rate("slow") > 2.5  # 4x in truth; the band takes a little of it
     assert est.predict("slow", 2000) > 2 * est.predict("a", 2000)
@@ -56,10 +58,7 @@ def test_a_really_slower_pod_still_looks_slower() -> None:
 
 def test_a_fleet_split_between_fast_and_slow_pods_keeps_both_sides_apart() -> None:
     est = PrefillRateEstimator(prior_rate=5000)
-    rng = random.Random(10)
-    for _ in range(3):
-        for pod, rate in (("f1", 8000.0), ("f2", 8000.0), ("s1", 2000.0), ("s2", 2000.0)):
-            teach(est, pod, rate, rng, n=15)
+    teach_fleet(est, {"f1": 8000.0, "f2": 8000.0, "s1": 2000.0, "s2": 2000.0}, seed=10)
     assert est.rate("f1") == pytest.approx(8000, rel=0.3)  # the median is a slow pod's
     assert est.rate("f1") / est.rate("s1") > 2.5
 
@@ -79,10 +78,7 @@ def test_an_idle_fleet_of_identical_pods_scores_alike_though_noise_fitted_them_a
     # Rates as noisy samples left four identical pods: 24% apart at the extremes. Unpooled, the
     # quickest-looking pod alone would score 1 and take every request the idle fleet gets.
     load = PrefillLoadScorer(prior_rate=5000)
-    rng = random.Random(11)
-    for _ in range(3):
-        for pod, rate in (("a", 4200.0), ("b", 4600.0), ("c", 5000.0), ("d", 5200.0)):
-            teach(load.rates, pod, rate, rng, n=15)
+    teach_fleet(load.rates, {"a": 4200.0, "b": 4600.0, "c": 5000.0, "d": 5200.0}, seed=11)
     ctx = SchedulingContext(request("fresh prompt " * 300))
     pods = [cand(p) for p in "abcd"]
     assert set(load.score(ctx, pods).values()) == {1.0}

@@ -47,10 +47,9 @@ class SaturationDetector:
         return m.waiting >= self.queue_depth_threshold or m.kv_cache_usage >= self.kv_cache_util_threshold
 
     def unsaturated(self, candidates: Iterable[Candidate]) -> list[Candidate]:
-        """The candidates `is_saturated` says are not saturated, in order (inlined: every decision runs it
-        over the whole pool, and a call per pod cost more than the comparisons)."""
-        q, kv = self.queue_depth_threshold, self.kv_cache_util_threshold
-        return [c for c in candidates if not (c.metrics.waiting >= q or c.metrics.kv_cache_usage >= kv)]
+        """The candidates that are not saturated, in order."""
+        is_saturated = self.is_saturated
+        return [c for c in candidates if not is_saturated(c)]
 
     def all_saturated(self, candidates: Iterable[HasMetrics]) -> bool:
         """True when there is at least one candidate and every one is saturated.
