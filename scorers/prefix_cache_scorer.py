@@ -9,6 +9,10 @@ retry reuses) and shared with `prefix-affinity-filter`.
 Blocks are `blockSize` characters (GIE's 64) unless `blockAlign: tokens` aligns them to the pods' KV blocks in
 estimated characters (scorers/prefix_alignment.py); as a ResponseComplete hook it then learns characters per
 token from the pods' usage.
+
+An LRU sized from the pod's KV capacity (autoSizeLRU) is scaled by how well its predictions held
+(`calibrateLRU`, scorers/prefix_capacity.py): the pods' reported cached tokens, per answer or per scrape
+window, against the hit fraction predicted for the prompts sent.
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ from typing import Any, Self
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
-from epp.datastore import Endpoint, EndpointEvent
+from epp.datastore import Endpoint, EndpointEvent, MetricsSnapshot
 from epp.scheduling.params import parse_params
 from epp.scheduling.plugins import PluginDeps, PluginRegistry
 from epp.scheduling.types import CLIENT_GONE, AttemptReport, Candidate, SchedulingContext
 from scorers.chars_per_token import DEFAULT_CHARS_PER_TOKEN
 from scorers.prefix_alignment import DEFAULT_POD_BLOCK_TOKENS, BlockAlign, BlockAlignment
+from scorers.prefix_capacity import PrefixCapacity
 from scorers.prefix_index import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_LRU_CAPACITY,
@@ -58,6 +63,7 @@ class PrefixCacheParams(BaseModel):
         default=DEFAULT_LRU_CAPACITY, gt=0, strict=True, alias="lruCapacityPerServer"
     )
     auto_size_lru: bool = Field(default=True, strict=True, alias="autoSizeLRU")
+    calibrate_lru: bool = Field(default=True, strict=True, alias="calibrateLRU")
     # `tokens`: blocks of the pods' KV block size (scraped, or blockSizeTokens) x characters per token.
     block_align: BlockAlign = Field(default="characters", alias="blockAlign")
     block_size_tokens: int | None = Field(default=None, gt=0, strict=True, alias="blockSizeTokens")
@@ -107,12 +113,17 @@ class PrefixCacheScorer:
         auto_size_lru: bool = True,
         index: PrefixIndex | None = None,
         alignment: BlockAlignment | None = None,
+        calibrate_lru: bool = True,
     ) -> None:
         self.name = name
         self.alignment = alignment if alignment is not None else BlockAlignment("characters", block_size)
         self.max_prefix_blocks = max_prefix_blocks
         self.auto_size_lru = auto_size_lru
         self.index = index if index is not None else PrefixIndex(lru_capacity_per_server)
+        # With autoSizeLRU only: a configured capacity is the operator's, not a KV size to correct.
+        self.capacity = PrefixCapacity() if calibrate_lru and auto_size_lru else None
+        self._sized_capacity: dict[str, int] = {}  # pod -> LRU capacity from its KV size, before the factor
+        self._predicted_key = f"{TYPE_NAME}:{name}:predicted"  # pod -> hit fraction predicted when sent
         self._cycle_key = f"{TYPE_NAME}:{name}"
         self._added_key = f"{TYPE_NAME}:{name}:added"  # pod -> hashes this request added to its LRU
         self._observed_key = f"{TYPE_NAME}:{name}:observed"  # the candidates' KV geometry was checked
@@ -126,6 +137,9 @@ class PrefixCacheScorer:
         if event is EndpointEvent.REMOVED or event is EndpointEvent.RESTARTED:
             self.index.forget(endpoint.name)
             self._sized_from.pop(endpoint.name, None)
+            self._sized_capacity.pop(endpoint.name, None)
+            if self.capacity is not None:
+                self.capacity.forget(endpoint.name)
         if event is EndpointEvent.REMOVED:
             self.alignment.forget(endpoint.name)
 
@@ -213,6 +227,12 @@ class PrefixCacheScorer:
             )
         if not match.hashes:
             return
+        capacity = self.capacity
+        if capacity is not None:
+            chars = len(ctx.request.prompt)
+            predicted = self.cached_chars(ctx, ()).get(pod, 0.0)
+            capacity.sent(pod, predicted, chars)
+            ctx.cycle.data.setdefault(self._predicted_key, {})[pod] = predicted / chars
         added = self.index.insert(pod, match.hashes)
         if added:
             by_pod: dict[str, list[int]] = ctx.cycle.data.setdefault(self._added_key, {})
@@ -236,9 +256,28 @@ class PrefixCacheScorer:
             self.index.remove(report.endpoint.name, added)
 
     def response_complete(self, ctx: SchedulingContext, report: AttemptReport) -> None:
-        """Token-aligned blocks: learn characters per token from the pod's usage."""
+        """Token-aligned blocks: learn characters per token from the pod's usage. A pod that reports its
+        cached tokens: calibrate its LRU's capacity with them."""
         if self.alignment.aligned:
             self.alignment.observe_usage(len(ctx.request.prompt), report.prompt_tokens)
+        capacity, pod = self.capacity, report.endpoint.name
+        prompt, cached = report.prompt_tokens, report.cached_prompt_tokens
+        if capacity is None or prompt is None or cached is None:
+            return
+        predicted = ctx.cycle.data.get(self._predicted_key, {}).get(pod)
+        if predicted is not None and capacity.answered(pod, predicted, prompt, cached):
+            self._resize(pod)
+
+    def _calibrate_from_scrape(self, pod: str, metrics: MetricsSnapshot) -> None:
+        if self.capacity is not None and self.capacity.scraped(pod, metrics):
+            self._resize(pod)
+
+    def _resize(self, pod: str) -> None:
+        """The pod's LRU capacity: its KV size's, times its calibration factor."""
+        sized = self._sized_capacity.get(pod)
+        if sized is not None:
+            factor = self.capacity.factor(pod) if self.capacity is not None else 1.0
+            self.index.set_capacity(pod, max(1, round(sized * factor)))
 
     def _observe(self, candidates: Sequence[Candidate]) -> None:
         """When a pod's KV geometry or the block alignment changes: the pod's block size (token alignment)
@@ -250,9 +289,13 @@ class PrefixCacheScorer:
             self._sized_shape = shape
             self._sized_from.clear()
         sized_get = self._sized_from.get
+        seen = self.capacity.scraped_at if self.capacity is not None else None
         for c in candidates:
             metrics = c.metrics
             pod = c.endpoint.name
+            # (The dict lookup first: this loop runs over every candidate of every decision.)
+            if seen is not None and seen.get(pod) != metrics.scraped_at:
+                self._calibrate_from_scrape(pod, metrics)
             geometry = sized_get(pod)
             if (
                 geometry is not None
@@ -262,8 +305,13 @@ class PrefixCacheScorer:
                 continue
             alignment.on_scrape(pod, metrics.block_size)  # may retune the block length
             if self.auto_size_lru:
-                capacity = capacity_from_metrics(metrics, alignment.block_chars, alignment.chars_per_token)
-                self.index.set_capacity(pod, capacity)
+                sized = capacity_from_metrics(metrics, alignment.block_chars, alignment.chars_per_token)
+                if sized is None:
+                    self._sized_capacity.pop(pod, None)
+                    self.index.set_capacity(pod, None)
+                else:
+                    self._sized_capacity[pod] = sized
+                    self._resize(pod)
             # (If this pod retuned the block length, the next cycle sizes every pod again.)
             self._sized_from[pod] = (metrics.block_size, metrics.num_gpu_blocks)
 
@@ -284,6 +332,7 @@ def factory(name: str, params: Mapping[str, Any], deps: PluginDeps) -> PrefixCac
         lru_capacity_per_server=p.lru_capacity_per_server,
         auto_size_lru=p.auto_size_lru,
         alignment=alignment,
+        calibrate_lru=p.calibrate_lru,
     )
     deps.datastore.subscribe(plugin.on_endpoint_event)
     return plugin

@@ -1,0 +1,120 @@
+"""How much of a pod's KV cache the approximate prefix index may assume, learned from what the pod reports.
+
+`prefix-cache-scorer` sizes each pod's LRU from the pod's KV capacity (autoSizeLRU), but a pod holds less of
+the prompts epp sent than that: the answers it generated, partly filled blocks, more tokens per character than
+estimated, other clients' prompts. Near capacity a small error is not a small loss: a pod that holds a few
+fewer conversations than the index believes, and sees them in turn (multi-round chat), evicts each one just
+before it returns. The index then predicts hits the pod misses on every request (LRU's cliff), the load
+estimates count a fraction of the real prefill, and requests pile up on that pod.
+
+So each pod's LRU holds its KV capacity times a factor in [MIN_FACTOR, 1], which compares the hit fraction
+the index predicted for the prompts sent with the fraction the pod reports cached:
+
+- per answer, from `usage.prompt_tokens_details.cached_tokens` when the pod reports it (vLLM's
+  `--enable-prompt-tokens-details`);
+- otherwise per scrape window, from the growth of `vllm:prefix_cache_hits_total` over
+  `vllm:prefix_cache_queries_total` against the predictions of the requests sent since the previous scrape.
+
+A prediction above the pod's fraction by more than TOLERANCE shrinks the factor by exp(-GAIN x error), one
+below grows it by exp(GAIN x error) (a window counts as up to MAX_WINDOW_WEIGHT answers); an accurate one
+raises it by PROBE, so capacity lost to a passing fault comes back and the factor settles just under the
+point where predictions start to fail.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from epp.datastore import MetricsSnapshot
+
+TOLERANCE = 0.05  # |predicted - actual| hit fraction taken as accurate (block rounding, an answer's tokens)
+GAIN = 0.1
+PROBE = 0.002
+MIN_FACTOR = 0.5
+MAX_WINDOW_WEIGHT = 5.0
+
+
+@dataclass(slots=True)
+class _PodState:
+    factor: float = 1.0
+    # The requests sent since the pod's last scrape: predicted cached characters, prompt characters, count.
+    hit_chars: float = 0.0
+    prompt_chars: float = 0.0
+    sent: int = 0
+    scraped_at: float | None = None
+    hits: float = 0.0
+    queries: float = 0.0
+    per_answer: bool = False  # the pod reports cached tokens per answer: its scrape windows are not needed
+
+
+class PrefixCapacity:
+    """Per-pod factors on the index's LRU capacity; each update returns whether the pod's factor moved."""
+
+    def __init__(self) -> None:
+        self._pods: dict[str, _PodState] = {}
+        self.scraped_at: dict[str, float] = {}  # pod -> `scraped_at` of the last scrape offered
+
+    def factor(self, pod: str) -> float:
+        state = self._pods.get(pod)
+        return 1.0 if state is None else state.factor
+
+    def forget(self, pod: str) -> None:
+        """A pod that restarted (its cache is empty, the index forgot it) or left starts over."""
+        self._pods.pop(pod, None)
+        self.scraped_at.pop(pod, None)
+
+    def sent(self, pod: str, hit_chars: float, prompt_chars: int) -> None:
+        """A request went to `pod` with `hit_chars` of its `prompt_chars` predicted cached there."""
+        state = self._pods.get(pod)
+        if state is None:
+            state = self._pods[pod] = _PodState()
+        state.hit_chars += hit_chars
+        state.prompt_chars += prompt_chars
+        state.sent += 1
+
+    def answered(self, pod: str, predicted: float, prompt_tokens: int, cached_tokens: int) -> bool:
+        """An answer from `pod` reported `cached_tokens` of `prompt_tokens`; `predicted`: the fraction the
+        index predicted when the request was sent."""
+        state = self._pods.get(pod)
+        if state is None or prompt_tokens <= 0:
+            return False
+        state.per_answer = True
+        return _move(state, predicted, min(1.0, max(0.0, cached_tokens / prompt_tokens)), 1.0)
+
+    def scraped(self, pod: str, metrics: MetricsSnapshot) -> bool:
+        """A scrape of `pod`: the window since its previous scrape becomes one observation when the pod
+        queried tokens in it and epp sent it requests."""
+        self.scraped_at[pod] = metrics.scraped_at
+        state = self._pods.get(pod)
+        hits, queries = metrics.prefix_cache_hits, metrics.prefix_cache_queries
+        if state is None or hits is None or queries is None or state.scraped_at == metrics.scraped_at:
+            return False
+        first = state.scraped_at is None
+        state.scraped_at = metrics.scraped_at
+        grown = queries - state.queries
+        if not first and grown == 0.0:
+            return False  # nothing scheduled since: the requests sent stay in the window
+        moved = False
+        # (Counters that went back mean a restart: only a new baseline.)
+        if not first and grown > 0.0 and hits >= state.hits and state.sent and not state.per_answer:
+            actual = min(1.0, (hits - state.hits) / grown)
+            predicted = state.hit_chars / state.prompt_chars if state.prompt_chars > 0 else 0.0
+            moved = _move(state, predicted, actual, min(float(state.sent), MAX_WINDOW_WEIGHT))
+        state.hits, state.queries = hits, queries
+        state.hit_chars = state.prompt_chars = 0.0
+        state.sent = 0
+        return moved
+
+
+def _move(state: _PodState, predicted: float, actual: float, weight: float) -> bool:
+    if predicted <= 0.0 and actual <= 0.0:
+        return False  # a cold prompt says nothing about what the pod keeps
+    error = predicted - actual
+    before = state.factor
+    if abs(error) <= TOLERANCE:
+        factor = before * (1.0 + PROBE * weight)
+    else:
+        factor = before * math.exp(-GAIN * error * weight)
+    state.factor = min(1.0, max(MIN_FACTOR, factor))
+    return state.factor != before
