@@ -13,7 +13,10 @@ the index predicted for the prompts sent with the fraction the pod reports cache
 - per answer, from `usage.prompt_tokens_details.cached_tokens` when the pod reports it (vLLM's
   `--enable-prompt-tokens-details`);
 - otherwise per scrape window, from the growth of `vllm:prefix_cache_hits_total` over
-  `vllm:prefix_cache_queries_total` against the predictions of the requests sent since the previous scrape.
+  `vllm:prefix_cache_queries_total` against the predictions of the requests sent, both summed over the
+  recent windows (each older window weighs WINDOW_KEEP as much): the pod counts a request when it schedules
+  it, which may be a window after epp sent it, so one window alone can compare a cold request the pod
+  counted with a warm one it has not (half the prediction "missed").
 
 A prediction above the pod's fraction by more than TOLERANCE shrinks the factor by exp(-GAIN x error), one
 below grows it by exp(GAIN x error) (a window counts as up to MAX_WINDOW_WEIGHT answers); an accurate one
@@ -33,6 +36,8 @@ GAIN = 0.1
 PROBE = 0.002
 MIN_FACTOR = 0.5
 MAX_WINDOW_WEIGHT = 5.0
+WINDOW_KEEP = 0.9  # the weight of the sums so far when a scrape window is added to them
+MIN_SUM_REQUESTS = 5  # requests the sums must hold (decayed as they are) before they move the factor
 
 
 @dataclass(slots=True)
@@ -45,6 +50,13 @@ class _PodState:
     scraped_at: float | None = None
     hits: float = 0.0
     queries: float = 0.0
+    # Decaying sums over the recent scrape windows: predicted cached and prompt characters sent, the pod's
+    # hit and queried tokens.
+    sum_hit_chars: float = 0.0
+    sum_prompt_chars: float = 0.0
+    sum_hits: float = 0.0
+    sum_queries: float = 0.0
+    sum_sent: float = 0.0
     per_answer: bool = False  # the pod reports cached tokens per answer: its scrape windows are not needed
 
 
@@ -83,8 +95,8 @@ class PrefixCapacity:
         return _move(state, predicted, min(1.0, max(0.0, cached_tokens / prompt_tokens)), 1.0)
 
     def scraped(self, pod: str, metrics: MetricsSnapshot) -> bool:
-        """A scrape of `pod`: the window since its previous scrape becomes one observation when the pod
-        queried tokens in it and epp sent it requests."""
+        """A scrape of `pod`: the window since its previous scrape joins the recent sums when the pod
+        queried tokens in it, and the sums become one observation when epp sent it requests too."""
         self.scraped_at[pod] = metrics.scraped_at
         state = self._pods.get(pod)
         hits, queries = metrics.prefix_cache_hits, metrics.prefix_cache_queries
@@ -97,10 +109,17 @@ class PrefixCapacity:
             return False  # nothing scheduled since: the requests sent stay in the window
         moved = False
         # (Counters that went back mean a restart: only a new baseline.)
-        if not first and grown > 0.0 and hits >= state.hits and state.sent and not state.per_answer:
-            actual = min(1.0, (hits - state.hits) / grown)
-            predicted = state.hit_chars / state.prompt_chars if state.prompt_chars > 0 else 0.0
-            moved = _move(state, predicted, actual, min(float(state.sent), MAX_WINDOW_WEIGHT))
+        if not first and grown > 0.0 and hits >= state.hits and not state.per_answer:
+            keep = WINDOW_KEEP
+            state.sum_hit_chars = state.sum_hit_chars * keep + state.hit_chars
+            state.sum_prompt_chars = state.sum_prompt_chars * keep + state.prompt_chars
+            state.sum_hits = state.sum_hits * keep + (hits - state.hits)
+            state.sum_queries = state.sum_queries * keep + grown
+            state.sum_sent = state.sum_sent * keep + state.sent
+            if state.sent and state.sum_sent >= MIN_SUM_REQUESTS and state.sum_prompt_chars > 0.0:
+                predicted = state.sum_hit_chars / state.sum_prompt_chars
+                actual = min(1.0, state.sum_hits / state.sum_queries)
+                moved = _move(state, predicted, actual, min(float(state.sent), MAX_WINDOW_WEIGHT))
         state.hits, state.queries = hits, queries
         state.hit_chars = state.prompt_chars = 0.0
         state.sent = 0

@@ -12,7 +12,7 @@ from epp.scheduling.plugins import PluginDeps
 from epp.scheduling.types import AttemptReport, Candidate, LLMRequest, SchedulingContext
 from scorers import prefix_capacity
 from scorers.prefix_cache_scorer import PrefixCacheScorer, factory
-from scorers.prefix_capacity import GAIN, MIN_FACTOR, PROBE, PrefixCapacity
+from scorers.prefix_capacity import GAIN, MIN_FACTOR, MIN_SUM_REQUESTS, PROBE, PrefixCapacity
 from scorers.prefix_index import PrefixIndex
 
 MODEL = "llama"
@@ -67,21 +67,57 @@ def test_cold_prompts_and_unknown_pods_change_nothing() -> None:
     assert cap.factor("a") == 1.0
 
 
-def test_a_scrape_window_compares_the_predictions_sent_with_the_counters_growth() -> None:
+def test_scrape_windows_compare_the_predictions_sent_with_the_counters_growth() -> None:
     cap = PrefixCapacity()
     cap.sent("a", 0.0, 1000)
     assert not cap.scraped("a", snap(1.0, hits=0.0, queries=0.0))  # the first scrape is the baseline
-    for _ in range(3):
+    for _ in range(MIN_SUM_REQUESTS):
         cap.sent("a", 900.0, 1000)  # each predicted 90% cached
     assert not cap.scraped("a", snap(2.0, hits=0.0, queries=0.0))  # not scheduled yet: the window stays open
-    assert cap.scraped("a", snap(3.0, hits=75.0, queries=750.0))  # the pod had 10%
-    assert cap.factor("a") == pytest.approx(math.exp(-GAIN * 0.8 * 3))
-    assert not cap.scraped("a", snap(3.0, hits=75.0, queries=750.0))  # the same scrape again
+    assert cap.scraped("a", snap(3.0, hits=125.0, queries=1250.0))  # the pod had 10%
+    assert cap.factor("a") == pytest.approx(math.exp(-GAIN * 0.8 * MIN_SUM_REQUESTS))
+    assert not cap.scraped("a", snap(3.0, hits=125.0, queries=1250.0))  # the same scrape again
     # Counters that went back (a restart) only set a new baseline.
     cap.sent("a", 900.0, 1000)
     before = cap.factor("a")
     assert not cap.scraped("a", snap(4.0, hits=0.0, queries=10.0))
     assert cap.factor("a") == before
+
+
+def test_too_few_requests_in_the_sums_move_nothing() -> None:
+    cap = PrefixCapacity()
+    cap.sent("a", 0.0, 1000)
+    cap.scraped("a", snap(1.0, hits=0.0, queries=0.0))
+    cap.sent("a", 900.0, 1000)
+    assert not cap.scraped("a", snap(2.0, hits=0.0, queries=250.0))
+    assert cap.factor("a") == 1.0
+
+
+def late_counts(cap: PrefixCapacity, windows: int) -> float:
+    """Each window epp sends a cold and a warm (95% cached) request; every third window the pod schedules
+    the warm one after the scrape, so it counts it in the next window. Returns the factor at the end."""
+    cap.sent("a", 0.0, 1000)
+    cap.scraped("a", snap(0.0, hits=0.0, queries=0.0))
+    hits = queries = 0.0
+    late = False
+    for window in range(1, windows + 1):
+        cap.sent("a", 0.0, 1000)
+        cap.sent("a", 950.0, 1000)
+        counted = 1 + (0 if window % 3 == 0 else 1) + (1 if late else 0)  # cold, this warm, a late warm
+        late = window % 3 == 0
+        queries += 250.0 * counted
+        hits += 237.5 * (counted - 1)
+        cap.scraped("a", snap(float(window), hits=hits, queries=queries))
+    return cap.factor("a")
+
+
+def test_a_request_the_pod_counts_a_window_late_is_not_a_miss(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert late_counts(PrefixCapacity(), 60) == 1.0
+    # Window by window, a late window looks like half the prediction missed and the next like a gain the
+    # ceiling cuts off: the factor would ratchet down.
+    monkeypatch.setattr(prefix_capacity, "WINDOW_KEEP", 0.0)
+    monkeypatch.setattr(prefix_capacity, "MIN_SUM_REQUESTS", 1)
+    assert late_counts(PrefixCapacity(), 60) < 0.8
 
 
 def test_a_window_counts_as_at_most_max_window_weight_answers() -> None:
@@ -98,9 +134,10 @@ def test_per_answer_reports_make_scrape_windows_moot() -> None:
     cap = PrefixCapacity()
     cap.sent("a", 0.0, 1000)
     cap.scraped("a", snap(1.0, hits=0.0, queries=0.0))
-    cap.sent("a", 1000.0, 1000)
+    for _ in range(10):
+        cap.sent("a", 1000.0, 1000)
     cap.answered("a", 1.0, 250, 250)  # accurate: a probe (already at 1)
-    assert not cap.scraped("a", snap(2.0, hits=0.0, queries=250.0))  # would say 0% cached: ignored
+    assert not cap.scraped("a", snap(2.0, hits=0.0, queries=2500.0))  # would say 0% cached: ignored
     assert cap.factor("a") == 1.0
 
 
