@@ -38,6 +38,14 @@ def prompt(user: int, blocks: int = 9) -> str:
     return "".join(f"user{user}-{i:04d}".ljust(64, ".") for i in range(blocks))
 
 
+def baselined() -> PrefixCapacity:
+    """Calibration that has seen pod a's first scrape (its counters' baseline)."""
+    cap = PrefixCapacity()
+    cap.sent("a", 0.0, 1000)
+    cap.scraped("a", snap(1.0, hits=0.0, queries=0.0))
+    return cap
+
+
 def test_an_over_prediction_shrinks_the_factor_in_proportion_to_the_error() -> None:
     cap = PrefixCapacity()
     cap.sent("a", 900.0, 1000)
@@ -85,9 +93,7 @@ def test_scrape_windows_compare_the_predictions_sent_with_the_counters_growth() 
 
 
 def test_too_few_requests_in_the_sums_move_nothing() -> None:
-    cap = PrefixCapacity()
-    cap.sent("a", 0.0, 1000)
-    cap.scraped("a", snap(1.0, hits=0.0, queries=0.0))
+    cap = baselined()
     cap.sent("a", 900.0, 1000)
     assert not cap.scraped("a", snap(2.0, hits=0.0, queries=250.0))
     assert cap.factor("a") == 1.0
@@ -121,9 +127,7 @@ def test_a_request_the_pod_counts_a_window_late_is_not_a_miss(monkeypatch: pytes
 
 
 def test_a_window_counts_as_at_most_max_window_weight_answers() -> None:
-    cap = PrefixCapacity()
-    cap.sent("a", 0.0, 1000)
-    cap.scraped("a", snap(1.0, hits=0.0, queries=0.0))
+    cap = baselined()
     for _ in range(50):
         cap.sent("a", 1000.0, 1000)
     cap.scraped("a", snap(2.0, hits=500.0, queries=1000.0))
@@ -131,9 +135,7 @@ def test_a_window_counts_as_at_most_max_window_weight_answers() -> None:
 
 
 def test_per_answer_reports_make_scrape_windows_moot() -> None:
-    cap = PrefixCapacity()
-    cap.sent("a", 0.0, 1000)
-    cap.scraped("a", snap(1.0, hits=0.0, queries=0.0))
+    cap = baselined()
     for _ in range(10):
         cap.sent("a", 1000.0, 1000)
     cap.answered("a", 1.0, 250, 250)  # accurate: a probe (already at 1)
