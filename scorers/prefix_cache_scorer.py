@@ -24,7 +24,7 @@ from typing import Any, Self
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
-from epp.datastore import Endpoint, EndpointEvent, MetricsSnapshot
+from epp.datastore import Endpoint, EndpointEvent
 from epp.scheduling.params import parse_params
 from epp.scheduling.plugins import PluginDeps, PluginRegistry
 from epp.scheduling.types import CLIENT_GONE, AttemptReport, Candidate, SchedulingContext
@@ -91,6 +91,7 @@ class PrefixMatch:
     hashes: list[int]
     matched: dict[str, int]
     block_size: int = DEFAULT_BLOCK_SIZE  # characters per block the hashes were cut at
+    cached: dict[str, float] | None = None  # `cached_chars`, once computed
 
     @property
     def total(self) -> int:
@@ -192,13 +193,17 @@ class PrefixCacheScorer:
         goes on agreeing. Counting only the window would make a warm pod look as cold as an idle one.
         """
         match = self.cycle_match(ctx)
+        if match.cached is not None:  # (scoring, the load scorer's pre-request and this one's all ask)
+            return match.cached
         size = match.block_size
         total = len(match.hashes)
         chars = len(ctx.request.prompt)
         whole = float(chars) if total == self.max_prefix_blocks and chars > total * size else None
         if whole is None:
-            return {pod: float(n * size) for pod, n in match.matched.items()}
-        return {pod: whole if n == total else float(n * size) for pod, n in match.matched.items()}
+            match.cached = {pod: float(n * size) for pod, n in match.matched.items()}
+        else:
+            match.cached = {pod: whole if n == total else float(n * size) for pod, n in match.matched.items()}
+        return match.cached
 
     def matched_key(self, ctx: SchedulingContext, pod: str) -> int | None:
         """The hash of the last leading block `pod` holds (None: it holds none): where its match ends."""
@@ -268,10 +273,6 @@ class PrefixCacheScorer:
         if predicted is not None and capacity.answered(pod, predicted, prompt, cached):
             self._resize(pod)
 
-    def _calibrate_from_scrape(self, pod: str, metrics: MetricsSnapshot) -> None:
-        if self.capacity is not None and self.capacity.scraped(pod, metrics):
-            self._resize(pod)
-
     def _resize(self, pod: str) -> None:
         """The pod's LRU capacity: its KV size's, times its calibration factor."""
         sized = self._sized_capacity.get(pod)
@@ -289,13 +290,17 @@ class PrefixCacheScorer:
             self._sized_shape = shape
             self._sized_from.clear()
         sized_get = self._sized_from.get
-        seen = self.capacity.scraped_at if self.capacity is not None else None
+        capacity = self.capacity
         for c in candidates:
             metrics = c.metrics
             pod = c.endpoint.name
             # (The dict lookup first: this loop runs over every candidate of every decision.)
-            if seen is not None and seen.get(pod) != metrics.scraped_at:
-                self._calibrate_from_scrape(pod, metrics)
+            if (
+                capacity is not None
+                and capacity.scraped_at.get(pod) != metrics.scraped_at
+                and capacity.scraped(pod, metrics)
+            ):
+                self._resize(pod)
             geometry = sized_get(pod)
             if (
                 geometry is not None

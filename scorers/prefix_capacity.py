@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from epp.datastore import MetricsSnapshot
+from epp.datastore import MetricsSnapshot, restarted
 
 TOLERANCE = 0.05  # |predicted - actual| hit fraction taken as accurate (block rounding, an answer's tokens)
 GAIN = 0.1
@@ -47,9 +47,7 @@ class _PodState:
     hit_chars: float = 0.0
     prompt_chars: float = 0.0
     sent: int = 0
-    scraped_at: float | None = None
-    hits: float = 0.0
-    queries: float = 0.0
+    base: MetricsSnapshot | None = None  # the scrape the open window started at
     # Decaying sums over the recent scrape windows: predicted cached and prompt characters sent, the pod's
     # hit and queried tokens.
     sum_hit_chars: float = 0.0
@@ -100,30 +98,45 @@ class PrefixCapacity:
         self.scraped_at[pod] = metrics.scraped_at
         state = self._pods.get(pod)
         hits, queries = metrics.prefix_cache_hits, metrics.prefix_cache_queries
-        if state is None or hits is None or queries is None or state.scraped_at == metrics.scraped_at:
+        if state is None or hits is None or queries is None:
             return False
-        first = state.scraped_at is None
-        state.scraped_at = metrics.scraped_at
-        grown = queries - state.queries
-        if not first and grown == 0.0:
+        base = state.base
+        if base is not None and metrics.scraped_at <= base.scraped_at:
+            return False  # the same scrape again
+        growth = _growth(base, metrics, hits, queries)
+        if growth is not None and growth[1] == 0.0:
             return False  # nothing scheduled since: the requests sent stay in the window
-        moved = False
-        # (Counters that went back mean a restart: only a new baseline.)
-        if not first and grown > 0.0 and hits >= state.hits and not state.per_answer:
-            keep = WINDOW_KEEP
-            state.sum_hit_chars = state.sum_hit_chars * keep + state.hit_chars
-            state.sum_prompt_chars = state.sum_prompt_chars * keep + state.prompt_chars
-            state.sum_hits = state.sum_hits * keep + (hits - state.hits)
-            state.sum_queries = state.sum_queries * keep + grown
-            state.sum_sent = state.sum_sent * keep + state.sent
-            if state.sent and state.sum_sent >= MIN_SUM_REQUESTS and state.sum_prompt_chars > 0.0:
-                predicted = state.sum_hit_chars / state.sum_prompt_chars
-                actual = min(1.0, state.sum_hits / state.sum_queries)
-                moved = _move(state, predicted, actual, min(float(state.sent), MAX_WINDOW_WEIGHT))
-        state.hits, state.queries = hits, queries
+        moved = growth is not None and not state.per_answer and self._add_window(state, *growth)
+        state.base = metrics
         state.hit_chars = state.prompt_chars = 0.0
         state.sent = 0
         return moved
+
+    @staticmethod
+    def _add_window(state: _PodState, hits: float, queries: float) -> bool:
+        keep = WINDOW_KEEP
+        state.sum_hit_chars = state.sum_hit_chars * keep + state.hit_chars
+        state.sum_prompt_chars = state.sum_prompt_chars * keep + state.prompt_chars
+        state.sum_hits = state.sum_hits * keep + hits
+        state.sum_queries = state.sum_queries * keep + queries
+        state.sum_sent = state.sum_sent * keep + state.sent
+        if not state.sent or state.sum_sent < MIN_SUM_REQUESTS or state.sum_prompt_chars <= 0.0:
+            return False
+        predicted = state.sum_hit_chars / state.sum_prompt_chars
+        actual = min(1.0, state.sum_hits / state.sum_queries)
+        return _move(state, predicted, actual, min(float(state.sent), MAX_WINDOW_WEIGHT))
+
+
+def _growth(
+    base: MetricsSnapshot | None, cur: MetricsSnapshot, hits: float, queries: float
+) -> tuple[float, float] | None:
+    """The hit and queried tokens the pod counted since `base`; None without a base or after a restart (the
+    datastore's rule, or hits that went back): then `cur` only becomes the new base."""
+    if base is None or base.prefix_cache_hits is None or base.prefix_cache_queries is None:
+        return None
+    if restarted(base, cur) or hits < base.prefix_cache_hits:
+        return None
+    return hits - base.prefix_cache_hits, queries - base.prefix_cache_queries
 
 
 def _move(state: _PodState, predicted: float, actual: float, weight: float) -> bool:
