@@ -132,6 +132,9 @@ class PrefixCacheScorer:
         # characters per token in _sized_shape (a change of those sizes every pod again)
         self._sized_from: dict[str, tuple[int | None, int | None]] = {}
         self._sized_shape: tuple[int, float] | None = None
+        # pod -> the candidate last observed: the scheduler reuses a pod's Candidate until its snapshot or
+        # in-flight count changes, and an unchanged one has nothing new to observe.
+        self._observed: dict[str, Candidate] = {}
 
     def on_endpoint_event(self, event: EndpointEvent, endpoint: Endpoint) -> None:
         """Datastore listener: forget a pod that restarted (empty cache) or left."""
@@ -139,6 +142,7 @@ class PrefixCacheScorer:
             self.index.forget(endpoint.name)
             self._sized_from.pop(endpoint.name, None)
             self._sized_capacity.pop(endpoint.name, None)
+            self._observed.pop(endpoint.name, None)
             if self.capacity is not None:
                 self.capacity.forget(endpoint.name)
         if event is EndpointEvent.REMOVED:
@@ -282,18 +286,24 @@ class PrefixCacheScorer:
 
     def _observe(self, candidates: Sequence[Candidate]) -> None:
         """When a pod's KV geometry or the block alignment changes: the pod's block size (token alignment)
-        and its LRU's capacity (autoSizeLRU). Keyed by value, not by snapshot: epp's own accounting makes a
-        new snapshot on every send and finish."""
+        and its LRU's capacity (autoSizeLRU), and a new scrape for the calibration. Keyed by value past the
+        unchanged candidates: epp's own accounting makes a new snapshot on every send and finish."""
         alignment = self.alignment
         shape = (alignment.block_chars, alignment.chars_per_token)
         if shape != self._sized_shape:  # every pod's LRU was sized for another block length: size them again
             self._sized_shape = shape
             self._sized_from.clear()
+            self._observed.clear()
         sized_get = self._sized_from.get
+        observed = self._observed
+        seen_get = observed.get
         capacity = self.capacity
         for c in candidates:
-            metrics = c.metrics
             pod = c.endpoint.name
+            if seen_get(pod) is c:
+                continue
+            observed[pod] = c
+            metrics = c.metrics
             # (The dict lookup first: this loop runs over every candidate of every decision.)
             if (
                 capacity is not None

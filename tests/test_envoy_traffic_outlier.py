@@ -26,7 +26,8 @@ from tests.test_envoy_traffic import (
     keys_in_env,  # noqa: F401 (a fixture)
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("keys_in_env")]
+# serial: the ejection times are measured in seconds (Makefile, unit).
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.usefixtures("keys_in_env")]
 
 BROKEN, FALLBACK = "asm-llm-provider-test.com", "dashscope.aliyuncs.com"
 

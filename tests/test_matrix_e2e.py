@@ -17,6 +17,7 @@ def figure(variants: dict[str, Any], variant: str, name: str) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # its result depends on the machine being its own (Makefile, unit)
 def test_short_matrix_prefix_routing_hits_more_on_shared_prefixes_and_stays_balanced_on_random(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -72,6 +73,7 @@ def test_short_matrix_prefix_routing_hits_more_on_shared_prefixes_and_stays_bala
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # its result depends on the machine being its own (Makefile, unit)
 def test_compare_workload_on_given_endpoints_resets_their_prefix_caches(tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     with SimProcess(["--pods", "2", "--base-port", "0", "--time-scale", "8"]) as sim:

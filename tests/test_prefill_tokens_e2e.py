@@ -69,6 +69,7 @@ def run_burst(strategy: str, n: int, rounds: int) -> tuple[Counter[str], list[fl
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # its result depends on the machine being its own (Makefile, unit)
 def test_a_hot_shared_prefix_does_not_pile_onto_one_pod_while_others_idle() -> None:
     # 3 bursts of 24 concurrent new users sharing a ~2,000-token system prompt, each with ~500 tokens of
     # their own, on 4 idle A10 pods (simulated in real time). PREFIX_CACHE sends every one to the pod that
@@ -85,6 +86,7 @@ def test_a_hot_shared_prefix_does_not_pile_onto_one_pod_while_others_idle() -> N
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # its result depends on the machine being its own (Makefile, unit)
 def test_prefill_rate_estimate_converges_on_a_simulated_pod() -> None:
     result = measure("qwen2.5-7b-a10", time_scale=5.0, requests=25, seed=1)
     at = result.converged_at(result.effective_rate)
