@@ -17,8 +17,8 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# Two passes: what does not depend on timing on every core, then the `serial` tests alone (their results
-# assume the machine is theirs). Each pass fails on its own, so neither can hide the other's failures.
+# Two passes: the tests that do not depend on timing on every core, then the `serial` ones alone (their
+# results assume the machine is theirs).
 unit: $(STAMP)
 	$(BIN)/pytest -n auto -m "not vllm and not serial"
 	$(BIN)/pytest -m "serial and not vllm"

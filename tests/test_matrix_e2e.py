@@ -10,6 +10,9 @@ from bench.compare.matrix import FRESH_FLEET, RESET
 from bench.sim.process import SimProcess
 from epp.cli import main
 
+# Routing results: they want the machine to themselves (Makefile, unit).
+pytestmark = pytest.mark.serial
+
 
 def figure(variants: dict[str, Any], variant: str, name: str) -> float:
     value: float = variants[variant]["figures"][name]["median"]
@@ -17,7 +20,6 @@ def figure(variants: dict[str, Any], variant: str, name: str) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.serial  # its result depends on the machine being its own (Makefile, unit)
 def test_short_matrix_prefix_routing_hits_more_on_shared_prefixes_and_stays_balanced_on_random(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -73,7 +75,6 @@ def test_short_matrix_prefix_routing_hits_more_on_shared_prefixes_and_stays_bala
 
 
 @pytest.mark.slow
-@pytest.mark.serial  # its result depends on the machine being its own (Makefile, unit)
 def test_compare_workload_on_given_endpoints_resets_their_prefix_caches(tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     with SimProcess(["--pods", "2", "--base-port", "0", "--time-scale", "8"]) as sim:

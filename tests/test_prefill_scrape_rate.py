@@ -210,7 +210,7 @@ async def _scrape_learned_rate(requests: int) -> tuple[float, float, int]:
 
 
 @pytest.mark.slow
-@pytest.mark.serial  # its result depends on the machine being its own (Makefile, unit)
+@pytest.mark.serial  # a learned rate: wants the machine to itself (Makefile, unit)
 async def test_a_picker_without_first_tokens_learns_a_simulated_pods_prefill_rate() -> None:
     true_rate, learned, samples = await _scrape_learned_rate(24)
     assert samples >= 5
@@ -219,7 +219,7 @@ async def test_a_picker_without_first_tokens_learns_a_simulated_pods_prefill_rat
 
 
 @pytest.mark.slow
-@pytest.mark.serial  # its result depends on the machine being its own (Makefile, unit)
+@pytest.mark.serial  # a learned rate: wants the machine to itself (Makefile, unit)
 async def test_epp_serve_behind_ext_proc_learns_the_rate_from_scrapes() -> None:
     """`epp serve` (real gRPC ext_proc server and scraper), PREFIX_TOKENS: each request is picked over
     ext_proc as Envoy asks, then sent to the pod by the test as Envoy would; epp never sees an answer."""

@@ -14,6 +14,9 @@ from bench.compare.frontends import GatewayProcess
 from bench.prefill_convergence import measure
 from bench.sim.process import SimProcess
 
+# Routing results and learned rates: they want the machine to themselves (Makefile, unit).
+pytestmark = pytest.mark.serial
+
 SHARED = "You are a support agent for a large telecom company. Follow the policy below. " * 100  # ~8K chars
 # Each user pastes their own ~500-token bill: the part no pod has cached, which makes piling hurt.
 DOCUMENT = "Line {i}: roaming charge, data add-on, international minutes, late fee, device plan. " * 24
@@ -69,7 +72,6 @@ def run_burst(strategy: str, n: int, rounds: int) -> tuple[Counter[str], list[fl
 
 
 @pytest.mark.slow
-@pytest.mark.serial  # its result depends on the machine being its own (Makefile, unit)
 def test_a_hot_shared_prefix_does_not_pile_onto_one_pod_while_others_idle() -> None:
     # 3 bursts of 24 concurrent new users sharing a ~2,000-token system prompt, each with ~500 tokens of
     # their own, on 4 idle A10 pods (simulated in real time). PREFIX_CACHE sends every one to the pod that
@@ -86,7 +88,6 @@ def test_a_hot_shared_prefix_does_not_pile_onto_one_pod_while_others_idle() -> N
 
 
 @pytest.mark.slow
-@pytest.mark.serial  # its result depends on the machine being its own (Makefile, unit)
 def test_prefill_rate_estimate_converges_on_a_simulated_pod() -> None:
     result = measure("qwen2.5-7b-a10", time_scale=5.0, requests=25, seed=1)
     at = result.converged_at(result.effective_rate)

@@ -48,10 +48,8 @@ class SaturationDetector:
 
     def unsaturated(self, candidates: Iterable[Candidate]) -> list[Candidate]:
         """The candidates that are not saturated, in order."""
-        # `is_saturated` inlined (same comparisons, so a NaN reads the same): this runs over every candidate,
-        # twice per decision with prefix affinity.
-        q, kv = self.queue_depth_threshold, self.kv_cache_util_threshold
-        return [c for c in candidates if not (c.metrics.waiting >= q or c.metrics.kv_cache_usage >= kv)]
+        is_saturated = self.is_saturated
+        return [c for c in candidates if not is_saturated(c)]
 
     def all_saturated(self, candidates: Iterable[HasMetrics]) -> bool:
         """True when there is at least one candidate and every one is saturated.
