@@ -30,10 +30,17 @@ class EppProcess:
     Used as `with Subclass(...) as p:`; the process is terminated (then killed) on exit or failed start.
     """
 
-    def __init__(self, subcommand: str, args: Sequence[str], startup_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        subcommand: str,
+        args: Sequence[str],
+        startup_timeout: float = 30.0,
+        cpus: frozenset[int] | None = None,
+    ) -> None:
         self.subcommand = subcommand
         self.args = list(args)
         self.startup_timeout = startup_timeout
+        self.cpus = cpus  # run the child on these CPUs (None: this process's)
         self.proc: subprocess.Popen[str] | None = None
         self._stderr: IO[str] | None = None
 
@@ -44,6 +51,9 @@ class EppProcess:
         self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=env)
         try:
+            # (Right after the exec: long before the child's interpreter starts a thread.)
+            if self.cpus is not None:
+                os.sched_setaffinity(self.proc.pid, self.cpus)
             self._wait_ready()
         except BaseException:
             self.stop()

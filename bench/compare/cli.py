@@ -14,11 +14,18 @@ import httpx
 from pydantic import ValidationError
 from rich.console import Console
 
-from bench.compare.matrix_cli import add_run_arguments, parse_endpoint_urls, run_matrix_command
+from bench.compare.matrix_cli import (
+    add_pod_cpus_argument,
+    add_run_arguments,
+    parse_endpoint_urls,
+    parse_pod_cpus,
+    run_matrix_command,
+)
 from bench.compare.provenance import command_line, machine_info
 from bench.compare.report import rich_table, rows_of, write_reports
 from bench.compare.runner import CompareSpec, VariantResult, run_comparison
 from bench.compare.variants import DEFAULT_STRATEGIES, DIRECT, build_variants, parse_strategy_list
+from bench.cpu_pinning import cpu_placement
 from bench.multi_round_qa import BenchConfig
 from bench.multi_round_qa.args import add_workload_arguments, workload_fields
 from bench.peers import available_peers
@@ -81,6 +88,7 @@ def add_compare_arguments(
         help="host:port,... of running pods to use instead of a fresh simulated fleet per variant",
     )
     p.add_argument("--pods", type=int, default=4, help="Simulated pods (default %(default)s)")
+    add_pod_cpus_argument(p)
     p.add_argument(
         "--profile",
         default="qwen2.5-7b-a10",
@@ -141,7 +149,15 @@ def build_spec(args: argparse.Namespace, notes: list[str]) -> CompareSpec:
     )
     output_dir = args.output_dir or RESULTS_DIR / f"{args.results_prefix}-{datetime.now():%Y%m%d-%H%M%S}"
     return CompareSpec(
-        workload, variants, output_dir, args.pods, args.profile, time_scale, args.seed, endpoints
+        workload,
+        variants,
+        output_dir,
+        args.pods,
+        args.profile,
+        time_scale,
+        args.seed,
+        endpoints,
+        parse_pod_cpus(args, endpoints),
     )
 
 
@@ -151,11 +167,12 @@ def report_context(
     workload = spec.workload.model_dump(
         mode="json", exclude={"base_urls", "output", "api_key", "show_progress"}
     )
-    fleet = (
+    fleet: dict[str, Any] = (
         {"endpoints": list(spec.endpoints)}
         if spec.endpoints is not None
         else {"pods": spec.pods, "profile": spec.profile, "time_scale": spec.time_scale, "seed": spec.seed}
     )
+    fleet.update(cpu_placement(spec.pod_cpus))
     return {
         "command": command,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -24,6 +24,7 @@ from bench.compare.frontends import fleet_kv_args, prediction_change, scrape_pre
 from bench.compare.pod_metrics import deltas, scrape_pods
 from bench.compare.report import Row, make_row
 from bench.compare.variants import Variant
+from bench.cpu_pinning import other_cpus, pinned
 from bench.multi_round_qa import Summary, run_benchmark
 from bench.sim.process import SimProcess
 from bench.sim.profiles import get_profile
@@ -51,6 +52,7 @@ class MatrixSpec:
     endpoints: Sequence[str] | None = None
     attempts: int = 2
     duration_s: float | None = None  # replaces the scale's duration (simulated s of arrivals)
+    pod_cpus: frozenset[int] | None = None  # the simulated fleet on these CPUs, the rest of the run off them
 
     @property
     def duration(self) -> float:
@@ -94,7 +96,7 @@ def cold_fleet(
 ) -> Iterator[tuple[list[str], str, str]]:
     """The run's pods with cold caches: yields (pod root URLs, salt, how the caches were made cold)."""
     if spec.endpoints is None:
-        with SimProcess(sim_args(spec, workload, seed, variant)) as sim:
+        with SimProcess(sim_args(spec, workload, seed, variant), cpus=spec.pod_cpus) as sim:
             yield list(sim.urls), "", FRESH_FLEET
         return
     urls = list(spec.endpoints)
@@ -161,15 +163,19 @@ def run_matrix(
     spec.output_dir.mkdir(parents=True, exist_ok=True)
     results: list[RunResult] = []
     total = len(spec.workloads) * len(spec.seeds) * len(spec.variants)
-    for workload in spec.workloads:
-        (spec.output_dir / workload.name).mkdir(exist_ok=True)
-        for run, seed in enumerate(spec.seeds, start=1):
-            for variant in spec.variants:
-                console.print(
-                    f"[{len(results) + 1}/{total}] {workload.name} / {variant.name} / run {run} (seed {seed})"
-                )
-                result = _run_with_retry(spec, workload, variant, run, seed, console)
-                results.append(result)
-                if on_result is not None:
-                    on_result(result)
+    # With pod CPUs: this process (the load generator) and what it starts besides the fleet (the front
+    # ends, the peers) run on the other CPUs.
+    with pinned(other_cpus(spec.pod_cpus) if spec.pod_cpus is not None else None):
+        for workload in spec.workloads:
+            (spec.output_dir / workload.name).mkdir(exist_ok=True)
+            for run, seed in enumerate(spec.seeds, start=1):
+                for variant in spec.variants:
+                    console.print(
+                        f"[{len(results) + 1}/{total}] {workload.name} / {variant.name} / run {run} "
+                        f"(seed {seed})"
+                    )
+                    result = _run_with_retry(spec, workload, variant, run, seed, console)
+                    results.append(result)
+                    if on_result is not None:
+                        on_result(result)
     return results

@@ -20,6 +20,7 @@ from bench.compare.matrix_goals import markdown as goals_markdown
 from bench.compare.matrix_report import cells_by_workload, markdown_table, write_matrix_reports
 from bench.compare.provenance import command_line, commit_info, config_hashes, machine_info
 from bench.compare.variants import build_variants, parse_strategy_list
+from bench.cpu_pinning import cpu_placement, other_cpus, parse_cpu_list
 from bench.peers import available_peers
 from bench.sim.profiles import PROFILES, get_profile
 from bench.workloads.catalog import SCALES, WORKLOADS, parse_workloads
@@ -56,6 +57,29 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_pod_cpus_argument(p: argparse.ArgumentParser) -> None:
+    """--pod-cpus, shared by `matrix` and `compare`."""
+    p.add_argument(
+        "--pod-cpus",
+        metavar="CPUS",
+        help="Run the simulated fleet on these CPUs (e.g. 0 or 0-1, as taskset -c) and the front end, the "
+        "peers and the load generator on the others, so the router's CPU use does not slow the simulated "
+        "pods (docs/benchmarks.md). Default: everything shares every CPU",
+    )
+
+
+def parse_pod_cpus(args: argparse.Namespace, endpoints: Sequence[str] | None) -> frozenset[int] | None:
+    """--pod-cpus as a CPU set (None when not given); ValueError when unusable."""
+    text = getattr(args, "pod_cpus", None)
+    if not text:
+        return None
+    if endpoints is not None:
+        raise ValueError("--pod-cpus pins the simulated fleet: not with --endpoints")
+    pod_cpus = parse_cpu_list(text)
+    other_cpus(pod_cpus)  # (raises when the CPUs are unusable or leave none over)
+    return pod_cpus
+
+
 def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="List the workloads and exit")
     p.add_argument(
@@ -77,6 +101,7 @@ def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
         "--endpoints", help="host:port,... of running pods instead of a fresh simulated fleet per run"
     )
     p.add_argument("--pods", type=int, default=4, help="Simulated pods (default %(default)s)")
+    add_pod_cpus_argument(p)
     p.add_argument("--profile", default="qwen2.5-7b-a10", choices=sorted(PROFILES), help="Simulator profile")
     p.add_argument("--model", help="Model sent in requests (default: the profile's model)")
     p.add_argument(
@@ -132,6 +157,7 @@ def build_matrix_spec(args: argparse.Namespace, workloads_text: str, notes: list
         raise ValueError("--duration must be positive")
     if endpoints is not None and not args.model:
         raise ValueError("--model is required with --endpoints")
+    pod_cpus = parse_pod_cpus(args, endpoints)
     peers: list[str] = []
     if args.peers:
         peers = available_peers()
@@ -161,6 +187,7 @@ def build_matrix_spec(args: argparse.Namespace, workloads_text: str, notes: list
         args.model,
         endpoints,
         duration_s=duration,
+        pod_cpus=pod_cpus,
     )
     get_profile(spec.profile)
     return spec
@@ -175,6 +202,7 @@ def matrix_context(
         if spec.endpoints is not None
         else {"pods": spec.pods, "profile": spec.profile}
     )
+    fleet.update(cpu_placement(spec.pod_cpus))
     return {
         "command": command,
         **commit,

@@ -16,6 +16,7 @@ from bench.compare.frontends import fleet_kv_args, prediction_change, scrape_pre
 from bench.compare.picker_metrics import Prediction
 from bench.compare.pod_metrics import PodCounters, deltas, scrape_pods
 from bench.compare.variants import Variant
+from bench.cpu_pinning import other_cpus, pinned
 from bench.multi_round_qa import BenchConfig, BenchResult, run_benchmark
 from bench.sim.process import SimProcess
 
@@ -37,6 +38,7 @@ class CompareSpec:
     time_scale: float = 1.0
     seed: int = 0
     endpoints: Sequence[str] | None = None
+    pod_cpus: frozenset[int] | None = None  # the simulated fleet on these CPUs, the rest of the run off them
 
 
 @dataclass
@@ -60,7 +62,7 @@ def pod_fleet(spec: CompareSpec, variant: Variant) -> Iterator[list[str]]:
         return
     args = ["--pods", str(spec.pods), "--base-port", "0", "--profile", spec.profile]
     args += ["--time-scale", str(spec.time_scale), "--seed", str(spec.seed), *fleet_kv_args(variant)]
-    with SimProcess(args) as sim:
+    with SimProcess(args, cpus=spec.pod_cpus) as sim:
         yield list(sim.urls)
 
 
@@ -90,10 +92,11 @@ def run_comparison(
     console = console or Console()
     spec.output_dir.mkdir(parents=True, exist_ok=True)
     results = []
-    for variant in spec.variants:
-        console.rule(f"{variant.name} ({variant.kind.value})")
-        result = run_variant(spec, variant, console)
-        results.append(result)
-        if on_result is not None:
-            on_result(result)
+    with pinned(other_cpus(spec.pod_cpus) if spec.pod_cpus is not None else None):
+        for variant in spec.variants:
+            console.rule(f"{variant.name} ({variant.kind.value})")
+            result = run_variant(spec, variant, console)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
     return results

@@ -12,8 +12,10 @@ class SimProcess(EppProcess):
     every pod answered /health.
     """
 
-    def __init__(self, args: list[str], startup_timeout: float = 30.0) -> None:
-        super().__init__("sim", args, startup_timeout)
+    def __init__(
+        self, args: list[str], startup_timeout: float = 30.0, cpus: frozenset[int] | None = None
+    ) -> None:
+        super().__init__("sim", args, startup_timeout, cpus)
         self.urls: list[str] = []
 
     def _wait_ready(self) -> None:
