@@ -105,3 +105,21 @@ def test_pinned_matrix_run_records_where_it_ran(tmp_path: Path) -> None:
     assert run["failed"] == 0 and run["finished"] > 20
     assert "pod_cpus=" in (out / "matrix.md").read_text()
     assert os.sched_getaffinity(0) == USABLE
+
+
+@pytest.mark.slow
+def test_pinned_compare_records_where_it_ran(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pods, rest = split()
+    shape = [
+        "--profile", "tiny", "--pods", "2", "--time-scale", "10", "--num-users", "2", "--num-rounds", "2",
+        "--qps", "4", "--time", "4", "--answer-len", "8", "--no-progress", "--strategies", "ROUND_ROBIN",
+    ]  # fmt: skip
+    everything = ",".join(str(c) for c in sorted(USABLE))
+    assert main(["bench", "compare", *shape, "--pod-cpus", everything]) == 2
+    assert "leaves no CPU" in capsys.readouterr().err
+    out = tmp_path / "cmp"
+    assert main(["bench", "compare", *shape, "--pod-cpus", str(min(pods)), "--output-dir", str(out)]) == 0
+    fleet = orjson.loads((out / "compare.json").read_bytes())["fleet"]
+    assert fleet["pod_cpus"] == str(min(pods))
+    assert fleet["other_cpus"] == ",".join(str(c) for c in sorted(rest))
+    assert os.sched_getaffinity(0) == USABLE
