@@ -61,6 +61,11 @@ def pinned(cpus: frozenset[int] | None) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
+def off_pod_cpus(pod_cpus: frozenset[int] | None) -> contextlib.AbstractContextManager[None]:
+    """`pinned` to the CPUs the pods do not have (unchanged when the pods are not pinned)."""
+    return pinned(None if pod_cpus is None else other_cpus(pod_cpus))
+
+
 def cpu_placement(pod_cpus: frozenset[int] | None) -> dict[str, str]:
     """For a report's provenance: which CPUs the pods and the rest ran on (empty when not pinned)."""
     if pod_cpus is None:

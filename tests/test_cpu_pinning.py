@@ -6,7 +6,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench.cpu_pinning import cpu_placement, other_cpus, parse_cpu_list, pinned
+from bench.cpu_pinning import cpu_placement, off_pod_cpus, other_cpus, parse_cpu_list, pinned
 from bench.sim.process import SimProcess
 from epp.cli import main
 
@@ -62,6 +62,11 @@ def test_pinned_block_runs_on_its_cpus_and_restores_the_affinity() -> None:
     assert os.sched_getaffinity(0) == USABLE
     with pinned(None):
         assert os.sched_getaffinity(0) == USABLE
+    with off_pod_cpus(pods):  # what a benchmark starts besides the fleet
+        assert os.sched_getaffinity(0) == rest
+    with off_pod_cpus(None):
+        assert os.sched_getaffinity(0) == USABLE
+    assert os.sched_getaffinity(0) == USABLE
 
 
 def test_simulator_runs_every_thread_on_the_pods_cpus() -> None:

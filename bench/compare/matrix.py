@@ -24,7 +24,7 @@ from bench.compare.frontends import fleet_kv_args, prediction_change, scrape_pre
 from bench.compare.pod_metrics import deltas, scrape_pods
 from bench.compare.report import Row, make_row
 from bench.compare.variants import Variant
-from bench.cpu_pinning import other_cpus, pinned
+from bench.cpu_pinning import off_pod_cpus
 from bench.multi_round_qa import Summary, run_benchmark
 from bench.sim.process import SimProcess
 from bench.sim.profiles import get_profile
@@ -165,7 +165,7 @@ def run_matrix(
     total = len(spec.workloads) * len(spec.seeds) * len(spec.variants)
     # With pod CPUs: this process (the load generator) and what it starts besides the fleet (the front
     # ends, the peers) run on the other CPUs.
-    with pinned(other_cpus(spec.pod_cpus) if spec.pod_cpus is not None else None):
+    with off_pod_cpus(spec.pod_cpus):
         for workload in spec.workloads:
             (spec.output_dir / workload.name).mkdir(exist_ok=True)
             for run, seed in enumerate(spec.seeds, start=1):

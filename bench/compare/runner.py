@@ -16,7 +16,7 @@ from bench.compare.frontends import fleet_kv_args, prediction_change, scrape_pre
 from bench.compare.picker_metrics import Prediction
 from bench.compare.pod_metrics import PodCounters, deltas, scrape_pods
 from bench.compare.variants import Variant
-from bench.cpu_pinning import other_cpus, pinned
+from bench.cpu_pinning import off_pod_cpus
 from bench.multi_round_qa import BenchConfig, BenchResult, run_benchmark
 from bench.sim.process import SimProcess
 
@@ -92,7 +92,7 @@ def run_comparison(
     console = console or Console()
     spec.output_dir.mkdir(parents=True, exist_ok=True)
     results = []
-    with pinned(other_cpus(spec.pod_cpus) if spec.pod_cpus is not None else None):
+    with off_pod_cpus(spec.pod_cpus):
         for variant in spec.variants:
             console.rule(f"{variant.name} ({variant.kind.value})")
             result = run_variant(spec, variant, console)
