@@ -47,8 +47,8 @@ def test_first_requests_are_each_users_first_in_launch_order(tmp_path: Path) -> 
 
 def test_p90_floor_only_where_first_requests_reach_its_rank() -> None:
     # 818 requests: p90 sits at rank 735.3, so the slowest 83 hold it; 82 first requests do not reach it.
-    assert p90_is_first_or_slower(RunCold(818, 83, 0.1, 1.0, 1.0, 1.0, 0.1))
-    assert not p90_is_first_or_slower(RunCold(818, 82, 0.1, 1.0, 1.0, 1.0, 0.1))
+    assert p90_is_first_or_slower(RunCold(818, 83, 1.0, 1.0, 1.0, 0.1))
+    assert not p90_is_first_or_slower(RunCold(818, 82, 1.0, 1.0, 1.0, 0.1))
 
 
 def test_report_names_the_floor_and_the_best_ratio(

@@ -18,27 +18,29 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import re
 import statistics
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.compare.matrix import RUN_CSV
 from bench.multi_round_qa.summary import percentile
-
-RUN_FILE = re.compile(r"^(?P<slug>.+)-run\d+-seed-?\d+\.csv$")
 
 
 @dataclass(frozen=True)
 class RunCold:
     requests: int
     first: int
-    first_share: float
     first_min: float
     first_median: float
     p90: float
     p90_rest: float
+
+    @property
+    def first_share(self) -> float:
+        return self.first / self.requests
 
 
 def run_cold(path: Path) -> RunCold:
@@ -59,7 +61,6 @@ def run_cold(path: Path) -> RunCold:
     return RunCold(
         len(everything),
         len(first),
-        len(first) / len(everything),
         min(first),
         statistics.median(first),
         percentile(everything, 90),
@@ -77,7 +78,7 @@ def workload_runs(directory: Path) -> dict[str, list[RunCold]]:
     """Variant slug -> its runs' figures, for one workload's directory."""
     runs: dict[str, list[RunCold]] = defaultdict(list)
     for path in sorted(directory.glob("*.csv")):
-        match = RUN_FILE.match(path.name)
+        match = RUN_CSV.match(path.name)
         if match:
             runs[match["slug"]].append(run_cold(path))
     return dict(runs)
@@ -104,15 +105,16 @@ def markdown(workload: str, runs: dict[str, list[RunCold]], baseline: str) -> st
     bound = sum(p90_is_first_or_slower(c) for c in every)
     if bound * 2 > len(every):
         floor = min(c.first_min for c in every)
-        line = (
+        lines.append(
             f"\np90 is a first request or slower in {bound} of {len(every)} runs; the fastest first request"
+            f" of any run: {floor:.3f} s"
         )
-        line += f" of any run: {floor:.3f} s"
         if baseline in runs:
             base = statistics.median(c.p90 for c in runs[baseline])
-            line += f"; {baseline}'s median p90 {base:.3f} s: no router's p90 can beat it by more than"
-            line += f" x{base / floor:.3f}"
-        lines.append(line)
+            lines[-1] += (
+                f"; {baseline}'s median p90 {base:.3f} s: no router's p90 can beat it by more than"
+                f" x{base / floor:.3f}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -135,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if runs:
                 print(markdown(directory.name, runs, args.baseline))
     except (ValueError, KeyError) as exc:
-        print(f"cold_requests: {exc}")
+        print(f"cold_requests: {exc}", file=sys.stderr)
         return 1
     return 0
 

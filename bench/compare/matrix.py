@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from bench.workloads.schedule import run_schedule
 FRESH_FLEET = "fresh simulated fleet"
 RESET = "POST /reset_prefix_cache"
 SALTED = "per-run salt (a pod refused /reset_prefix_cache)"
+# The name of a run's CSV (run_csv), read back.
+RUN_CSV = re.compile(r"^(?P<slug>.+)-run(?P<run>\d+)-seed(?P<seed>-?\d+)\.csv$")
 
 
 @dataclass(frozen=True)
@@ -116,9 +119,14 @@ async def _send(plan: Plan, base_urls: list[str], csv: Path, time_scale: float, 
     return (await run_schedule(plan.schedule, base_urls, model, time_scale, csv)).summary
 
 
+def run_csv(output_dir: Path, workload: str, slug: str, run: int, seed: int) -> Path:
+    """Where a run's per-request CSV goes (RUN_CSV reads the name back)."""
+    return output_dir / workload / f"{slug}-run{run}-seed{seed}.csv"
+
+
 def run_one(spec: MatrixSpec, workload: Workload, variant: Variant, run: int, seed: int) -> RunResult:
     """Fleet, front end, the workload through it, the pods' counters before and after."""
-    csv = spec.output_dir / workload.name / f"{variant.slug}-run{run}-seed{seed}.csv"
+    csv = run_csv(spec.output_dir, workload.name, variant.slug, run, seed)
     started = time.perf_counter()
     with (
         cold_fleet(spec, workload, variant, run, seed) as (pod_urls, salt, cold),
