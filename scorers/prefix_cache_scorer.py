@@ -4,7 +4,8 @@ Score = leading blocks the pod holds / full blocks of the prompt (see scorers/pr
 PreRequest hook it teaches the index that the pod the request is sent to now caches the prompt; as a
 RequestFailed hook it takes that back when the pod never answered, so after a retry the index names the pod
 that served. The block hashes and matches are computed once per request (cached in the cycle state, which a
-retry reuses) and shared with `prefix-affinity-filter`.
+retry reuses) and shared with `prefix-affinity-filter`; blocks a recent request already hashed are not hashed
+again (scorers/block_hash_memo.py).
 
 Blocks are `blockSize` characters (GIE's 64) unless `blockAlign: tokens` aligns them to the pods' KV blocks in
 estimated characters (scorers/prefix_alignment.py); as a ResponseComplete hook it then learns characters per
@@ -28,6 +29,7 @@ from epp.datastore import Endpoint, EndpointEvent
 from epp.scheduling.params import parse_params
 from epp.scheduling.plugins import PluginDeps, PluginRegistry
 from epp.scheduling.types import CLIENT_GONE, AttemptReport, Candidate, SchedulingContext
+from scorers.block_hash_memo import BlockHashMemo
 from scorers.chars_per_token import DEFAULT_CHARS_PER_TOKEN
 from scorers.prefix_alignment import DEFAULT_POD_BLOCK_TOKENS, BlockAlign, BlockAlignment
 from scorers.prefix_capacity import PrefixCapacity
@@ -36,7 +38,6 @@ from scorers.prefix_index import (
     DEFAULT_LRU_CAPACITY,
     DEFAULT_MAX_BLOCKS,
     PrefixIndex,
-    block_hashes,
     capacity_from_metrics,
 )
 
@@ -121,6 +122,7 @@ class PrefixCacheScorer:
         self.max_prefix_blocks = max_prefix_blocks
         self.auto_size_lru = auto_size_lru
         self.index = index if index is not None else PrefixIndex(lru_capacity_per_server)
+        self.hash_memo = BlockHashMemo()
         # With autoSizeLRU only: a configured capacity is the operator's, not a KV size to correct.
         self.capacity = PrefixCapacity() if calibrate_lru and auto_size_lru else None
         self._sized_capacity: dict[str, int] = {}  # pod -> LRU capacity from its KV size, before the factor
@@ -160,7 +162,9 @@ class PrefixCacheScorer:
             return found
         req = ctx.request
         size = self.alignment.block_chars
-        hashes = block_hashes(req.prompt, req.target_model, size, self.max_prefix_blocks, req.cache_salt)
+        hashes = self.hash_memo.hashes(
+            req.prompt, req.target_model, size, self.max_prefix_blocks, req.cache_salt
+        )
         match = PrefixMatch(hashes, self.index.match(hashes), size)
         ctx.cycle.data[self._cycle_key] = match
         return match

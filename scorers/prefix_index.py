@@ -31,28 +31,39 @@ _u64_le = struct.Struct("<Q").pack  # (cheaper than int.to_bytes per call, once 
 
 
 def block_hashes(
-    prompt: str, model: str, block_size: int, max_blocks: int, salt: str | None = None
+    prompt: str,
+    model: str,
+    block_size: int,
+    max_blocks: int,
+    salt: str | None = None,
+    known: Sequence[int] = (),
 ) -> list[int]:
     """Chained hashes of the prompt's leading full blocks (at most `max_blocks`); a partial tail is ignored.
 
     hash(0) = xxh64(model); hash(i) = xxh64(utf8(block_i) + hash(i-1) as 8 little-endian bytes), as in GIE.
     With a `salt` (the request's cache_salt) hash(0) = xxh64(model + "\x00" + salt): vLLM shares no KV
     cache across salts, so neither may the index. Blocks are `block_size` characters (equal to GIE's bytes
-    for ASCII prompts).
+    for ASCII prompts). `known`: the hashes of the prompt's first blocks, already computed for the same
+    model, salt and block size (scorers/block_hash_memo.py); the chain goes on from its last.
     """
     n = min(len(prompt) // block_size, max_blocks)
     if n == 0:
         return []
-    prev = _xxh64(model.encode() if salt is None else f"{model}\x00{salt}".encode())
-    out: list[int] = []
+    skip = min(len(known), n)
+    if skip:
+        prev = known[skip - 1]
+    else:
+        prev = _xxh64(model.encode() if salt is None else f"{model}\x00{salt}".encode())
+    out = list(known[:skip])
     append = out.append
+    first, end = skip * block_size, n * block_size
     if prompt.isascii():
-        data = prompt[: n * block_size].encode("ascii")
-        for start in range(0, n * block_size, block_size):
+        data = prompt[first:end].encode("ascii")
+        for start in range(0, end - first, block_size):
             prev = _xxh64(data[start : start + block_size] + _u64_le(prev))
             append(prev)
     else:
-        for start in range(0, n * block_size, block_size):
+        for start in range(first, end, block_size):
             block = prompt[start : start + block_size].encode()
             prev = _xxh64(block + _u64_le(prev))
             append(prev)
