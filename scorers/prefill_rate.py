@@ -50,6 +50,7 @@ POOL_MIN_PODS = 3  # pods that have learned (WARMUP_SAMPLES) before their median
 MIN_RESIDUAL_SCALE_S = 0.002
 _KTOK = 1000.0
 _MAX_VARIANCE = 1e4  # cap on a covariance diagonal entry
+_MIN_VARIANCE = 1e-12
 
 
 @dataclass(slots=True)
@@ -154,22 +155,45 @@ def update(
         theta[i] += gain[i] * error
     _clamp(theta)
     new = [[(cov[i][j] - gain[i] * p_phi[j]) / forgetting for j in range(3)] for i in range(3)]
-    prior = model.prior_cov
-    for i in range(3):  # keep it symmetric, positive on the diagonal and bounded
-        # Forgetting inflates the variance of directions the samples do not vary in (all prompts the same
-        # length, say) without limit; capped near the prior's, such a direction stays where it is.
-        cap = min(_MAX_VARIANCE, max(4.0 * prior[i], (2.0 * theta[i]) ** 2))
-        new[i][i] = min(cap, max(1e-12, new[i][i]))
-    for i in range(3):
-        for j in range(i + 1, 3):
-            limit = math.sqrt(new[i][i] * new[j][j])
-            v = min(limit, max(-limit, 0.5 * (new[i][j] + new[j][i])))
-            new[i][j] = new[j][i] = v
-    model.cov = new
+    model.cov = _bounded_covariance(new, model.prior_cov, theta)
     # Mean absolute residual (after the update's own clip), for the next outlier bound.
     model.residual_scale_s = max(MIN_RESIDUAL_SCALE_S, 0.9 * model.residual_scale_s + 0.1 * abs(error))
     model.samples += 1
     model.used[:] = theta
+
+
+def _bounded_covariance(cov: list[list[float]], prior: list[float], theta: list[float]) -> list[list[float]]:
+    """`cov` made symmetric, positive definite and bounded, for the next update.
+
+    Forgetting inflates the variance of directions the samples do not vary in (all prompts the same length,
+    say) without limit; each variance is capped near the prior's, so such a direction stays where it is. The
+    cap scales the variable's row and column together (D P D, D diagonal), which keeps the matrix positive
+    definite: capping the diagonal alone does not, and with an indefinite covariance the gain can take the
+    wrong sign, so that every sample below the prediction raises it (seen on a lightly loaded pod, whose
+    prompts barely vary: its estimate ran away from its samples by 6x and it stopped getting new users).
+    """
+    out = [[0.5 * (cov[i][j] + cov[j][i]) for j in range(3)] for i in range(3)]
+    scale = [1.0, 1.0, 1.0]
+    for i in range(3):
+        cap = min(_MAX_VARIANCE, max(4.0 * prior[i], (2.0 * theta[i]) ** 2))
+        if out[i][i] > cap:
+            scale[i] = math.sqrt(cap / out[i][i])
+    for i in range(3):
+        for j in range(3):
+            out[i][j] *= scale[i] * scale[j]
+    if not _positive_definite(out):  # (rounding, or a variance driven to 0): start the correlations afresh
+        out = [[max(_MIN_VARIANCE, out[i][i]) if i == j else 0.0 for j in range(3)] for i in range(3)]
+    return out
+
+
+def _positive_definite(m: list[list[float]]) -> bool:
+    """Sylvester's criterion: every leading principal minor of the symmetric 3x3 `m` is positive."""
+    a, b, c = m[0]
+    _, d, e = m[1]
+    f = m[2][2]
+    if a <= _MIN_VARIANCE or a * d - b * b <= 0.0:
+        return False
+    return a * (d * f - e * e) - b * (b * f - c * e) + c * (b * e - c * d) > 0.0
 
 
 def pooled(value: float, median: float, floor: float) -> float:

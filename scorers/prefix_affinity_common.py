@@ -43,7 +43,7 @@ def best_matches(
 ) -> tuple[float, list[Candidate], int]:
     """(best ratio, the pods with it, how many pods are not saturated) over the non-saturated candidates;
     the pods are none unless the best ratio is strictly above `threshold`."""
-    fresh = saturation.unsaturated(candidates)
+    fresh = saturation.unsaturated(candidates, ctx)
     if not fresh:
         return 0.0, [], 0
     ratios = prefix.match_ratios(ctx, fresh)

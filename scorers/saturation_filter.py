@@ -30,7 +30,7 @@ class SaturationFilter:
         criticality = ctx.request.criticality
         if criticality is Criticality.CRITICAL:
             return list(candidates)
-        fresh = self.saturation.unsaturated(candidates)
+        fresh = self.saturation.unsaturated(candidates, ctx)
         if fresh:
             return fresh
         if criticality is Criticality.SHEDDABLE:

@@ -14,6 +14,7 @@ from epp.datastore import Endpoint, EndpointState
 from epp.scheduling.builder import build_scheduler
 from epp.scheduling.plugins import PluginConfigError
 from epp.scheduling.saturation import SaturationDetector
+from epp.scheduling.types import LLMRequest, SchedulingContext
 from scorers.builtin import default_registry
 from scorers.prefix_affinity_filter import PrefixAffinityFilter
 from scorers.saturation_filter import SaturationFilter
@@ -40,6 +41,30 @@ def test_all_saturated_needs_every_candidate_and_at_least_one() -> None:
     assert not detector.all_saturated([QUEUED, OK, FULL])
     assert not detector.all_saturated([])  # no endpoint is a 503, not a reason to shed
     assert detector.all_saturated(iter([FULL]))
+
+
+class CountingDetector(SaturationDetector):
+    """A detector that counts its per-pod checks."""
+
+    checks = 0
+
+    def is_saturated(self, candidate: Any) -> bool:
+        CountingDetector.checks += 1
+        return super().is_saturated(candidate)
+
+
+def test_a_cycle_checks_each_pod_once_for_the_filters_after_the_saturation_filter() -> None:
+    detector = CountingDetector()
+    ctx = SchedulingContext(LLMRequest(request_id="r", model="m", target_model="m", prompt="p"))
+    fresh = detector.unsaturated([OK, QUEUED, FULL], ctx)
+    assert fresh == [OK] and CountingDetector.checks == 3
+    assert detector.unsaturated(fresh, ctx) is fresh and CountingDetector.checks == 3
+    # Another list, another detector or another cycle: checked again.
+    assert detector.unsaturated(list(fresh), ctx) == [OK] and CountingDetector.checks == 4
+    assert CountingDetector().unsaturated(fresh, ctx) == [OK] and CountingDetector.checks == 5
+    other = SchedulingContext(ctx.request)
+    assert detector.unsaturated(fresh, other) == [OK] and CountingDetector.checks == 6
+    assert detector.unsaturated([OK, FULL]) == [OK] and CountingDetector.checks == 8
 
 
 @pytest.mark.parametrize(("q", "kv"), [(0, 0.8), (True, 0.8), (5, 0.0), (5, 1.01), (5, float("nan"))])

@@ -6,15 +6,16 @@ shedding filter, prefix affinity and the request director cannot disagree about 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from epp.datastore import MetricsSnapshot
-from epp.scheduling.types import Candidate
+from epp.scheduling.types import Candidate, SchedulingContext
 
 DEFAULT_QUEUE_DEPTH_THRESHOLD = 5
 DEFAULT_KV_CACHE_UTIL_THRESHOLD = 0.8
+_CYCLE_KEY = "saturation:unsaturated"  # (detector, the list it returned) in a cycle's state
 
 
 class HasMetrics(Protocol):
@@ -46,10 +47,25 @@ class SaturationDetector:
             return True
         return m.waiting >= self.queue_depth_threshold or m.kv_cache_usage >= self.kv_cache_util_threshold
 
-    def unsaturated(self, candidates: Iterable[Candidate]) -> list[Candidate]:
-        """The candidates that are not saturated, in order."""
+    def unsaturated(
+        self, candidates: Sequence[Candidate], ctx: SchedulingContext | None = None
+    ) -> list[Candidate]:
+        """The candidates that are not saturated, in order (a list the caller must not modify).
+
+        With the cycle's `ctx`, a list this detector returned earlier in the cycle is returned as it is
+        (candidates are frozen for the cycle, so none of it became saturated): the affinity filters that run
+        after the saturation filter do not check every pod again.
+        """
+        data = ctx.cycle.data if ctx is not None else None
+        if data is not None:
+            seen: tuple[SaturationDetector, list[Candidate]] | None = data.get(_CYCLE_KEY)
+            if seen is not None and seen[0] is self and seen[1] is candidates:
+                return seen[1]
         is_saturated = self.is_saturated
-        return [c for c in candidates if not is_saturated(c)]
+        fresh = [c for c in candidates if not is_saturated(c)]
+        if data is not None:
+            data[_CYCLE_KEY] = (self, fresh)
+        return fresh
 
     def all_saturated(self, candidates: Iterable[HasMetrics]) -> bool:
         """True when there is at least one candidate and every one is saturated.
