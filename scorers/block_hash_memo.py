@@ -1,7 +1,7 @@
 """Block hashes reused across requests that share a prefix, instead of hashed again for every request.
 
 Hashing is the largest single cost of a prefix-aware decision (one xxhash64 call per 64-character block,
-about 0.3 µs each in Python), and in the traffic prefix routing is for most of it is repeated work: a
+about 0.3 µs each in Python). In the traffic prefix routing is for, most of it is repeated work: a
 conversation's next turn, another question about the same document and another user behind the same system
 prompt all begin with blocks some recent request already hashed. The memo keeps recent requests' hashed
 text with its hashes, grouped by their first block; a new prompt is compared with the texts of its group
