@@ -54,7 +54,8 @@ def block_hashes(
         prev = known[skip - 1]
     else:
         prev = _xxh64(model.encode() if salt is None else f"{model}\x00{salt}".encode())
-    out = list(known[:skip])
+    out = list(known)  # (one copy: `known[:skip]` would be a second)
+    del out[skip:]
     append = out.append
     first, end = skip * block_size, n * block_size
     if prompt.isascii():

@@ -44,7 +44,7 @@ class RunCold:
 
 
 def run_cold(path: Path) -> RunCold:
-    """The first-request figures of one run's CSV (rows in launch order, as the matrix writes them)."""
+    """The first-request figures of one run's CSV, its rows taken in launch order."""
     seen: set[str] = set()
     first: list[float] = []
     rest: list[float] = []
@@ -84,6 +84,14 @@ def workload_runs(directory: Path) -> dict[str, list[RunCold]]:
     return dict(runs)
 
 
+_COLUMNS = ("requests", "first_share", "first_min", "first_median", "p90", "p90_rest")
+
+
+def median_of(cells: Sequence[RunCold], name: str) -> float:
+    """The median over runs of one RunCold figure."""
+    return float(statistics.median(float(getattr(c, name)) for c in cells))
+
+
 def markdown(workload: str, runs: dict[str, list[RunCold]], baseline: str) -> str:
     lines = [
         f"#### {workload}",
@@ -93,13 +101,10 @@ def markdown(workload: str, runs: dict[str, list[RunCold]], baseline: str) -> st
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for slug, cells in runs.items():
-
-        def med(name: str, cells: Sequence[RunCold] = cells) -> float:
-            return float(statistics.median(float(getattr(c, name)) for c in cells))
-
+        med = [median_of(cells, name) for name in _COLUMNS]
         lines.append(
-            f"| {slug} | {len(cells)} | {med('requests'):.0f} | {med('first_share'):.1%} | "
-            f"{med('first_min'):.3f} | {med('first_median'):.3f} | {med('p90'):.3f} | {med('p90_rest'):.3f} |"
+            f"| {slug} | {len(cells)} | {med[0]:.0f} | {med[1]:.1%} | {med[2]:.3f} | {med[3]:.3f} | "
+            f"{med[4]:.3f} | {med[5]:.3f} |"
         )
     every = [c for cells in runs.values() for c in cells]
     bound = sum(p90_is_first_or_slower(c) for c in every)
